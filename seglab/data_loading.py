@@ -1,0 +1,155 @@
+"""Step 01: read a source, check it, resize or tile it, split it, and write the processed set.
+
+Output in the run folder: ``dataset/images/*.png``, ``dataset/masks/*.png`` (class indices)
+and ``dataset/dataset.json`` (classes, colours, split membership, pixel counts). The split
+is by source image, so tiles of one image never land on both sides.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from seglab import sources
+from seglab.artifacts import RunDir, atomic_dir
+from seglab.config import Config
+from seglab.demo_data import generate_demo_dataset
+
+SPLITS = ("train", "val", "test")
+DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                  [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
+
+
+def resolve_source(cfg: Config) -> Path:
+    """The folder-layout root for the configured source, generating or downloading it if needed."""
+    data = cfg.data
+    if data.source == "demo":
+        name = f"demo_n{data.demo.num_images}_s{data.demo.image_size}_seed{cfg.seed}"
+        return generate_demo_dataset(Path(data.download_dir).parent / "generated" / name,
+                                     data.demo.num_images, data.demo.image_size, cfg.seed)
+    if data.source == "oxford_pets":
+        return sources.prepare_oxford_pets(data.download_dir, data.base_url)
+    return Path(data.root)
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Window starts covering ``length`` with at least ``overlap`` between neighbours; the last is flush."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    shrink = image.shape[0] * image.shape[1] > size * size
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return image, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def preprocess(image: np.ndarray, mask: np.ndarray, size: int, mode: str, overlap: float):
+    """Yield ``(origin, image, mask)`` pieces of ``size`` x ``size``; masks only ever by nearest neighbour."""
+    height, width = mask.shape
+    if mode == "resize" or height < size or width < size:
+        yield None, *_resize(image, mask, size)
+        return
+    for y in tile_starts(height, size, overlap):
+        for x in tile_starts(width, size, overlap):
+            yield (y, x), image[y:y + size, x:x + size], mask[y:y + size, x:x + size]
+
+
+def split_sources(stems: list[str], val: float, test: float, seed: int) -> dict[str, str]:
+    """Map each source image to train, val or test, reproducibly from ``seed``."""
+    if len(stems) < 3:
+        raise sources.DataError(f"only {len(stems)} source image(s); a train/val/test split needs at least 3")
+    n_test = max(1, round(len(stems) * test))
+    n_val = max(1, round(len(stems) * val))
+    rest, test_ids = train_test_split(sorted(stems), test_size=n_test, random_state=seed)
+    train_ids, val_ids = train_test_split(rest, test_size=n_val, random_state=seed)
+    return {**{s: "train" for s in train_ids}, **{s: "val" for s in val_ids}, **{s: "test" for s in test_ids}}
+
+
+def prepare_dataset(cfg: Config, run: RunDir) -> dict:
+    """Run step 01 and record it; nothing in the run folder changes unless every input is good."""
+    root = resolve_source(cfg)
+    classes = sources.read_classes(root / "classes.json")
+    pairs = sources.find_pairs(root)[: cfg.data.max_images]
+    split_of = split_sources([stem for stem, _, _ in pairs], cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    n = len(classes.names)
+    colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
+    items, pixels = [], {s: np.zeros(n, np.int64) for s in SPLITS}
+    source_sizes = {}
+    with atomic_dir(run.path("dataset")) as out:
+        (out / "images").mkdir()
+        (out / "masks").mkdir()
+        for stem, image_path, mask_path in tqdm(pairs, desc="preprocessing"):
+            image, mask = sources.read_pair(image_path, mask_path, classes)
+            source_sizes[stem] = list(mask.shape)
+            for origin, img, msk in preprocess(image, mask, cfg.data.image_size, cfg.data.mode, cfg.data.tile_overlap):
+                item_id = stem if origin is None else f"{stem}_y{origin[0]}_x{origin[1]}"
+                Image.fromarray(img).save(out / "images" / f"{item_id}.png")
+                Image.fromarray(msk).save(out / "masks" / f"{item_id}.png")
+                split = split_of[stem]
+                pixels[split] += np.bincount(msk.ravel(), minlength=n)
+                items.append({"id": item_id, "source": stem, "split": split, "origin": origin})
+        manifest = {
+            "classes": classes.names,
+            "colors": colors,
+            "image_size": cfg.data.image_size,
+            "mode": cfg.data.mode,
+            "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
+            "seed": cfg.seed,
+            "splits": {s: {"sources": sum(v == s for v in split_of.values()),
+                           "items": sum(i["split"] == s for i in items),
+                           "pixels": pixels[s].tolist()} for s in SPLITS},
+            "items": items,
+        }
+        (out / "dataset.json").write_text(json.dumps(manifest, indent=1))
+    run.record("data", {"dataset": "dataset/dataset.json"}, config=cfg)
+    return manifest
+
+
+def load_manifest(run: RunDir) -> dict:
+    """The processed dataset's manifest, as notebook 01 last wrote it."""
+    return json.loads(run.output("data", "dataset").read_text())
+
+
+def split_paths(run: RunDir, manifest: dict, split: str) -> tuple[list[str], list[str]]:
+    base = run.path("dataset")
+    ids = [i["id"] for i in manifest["items"] if i["split"] == split]
+    return [str(base / "images" / f"{i}.png") for i in ids], [str(base / "masks" / f"{i}.png") for i in ids]
+
+
+def class_frequency_table(manifest: dict) -> list[dict]:
+    """Per class and split, the share of pixels: the first sign of imbalance."""
+    rows = []
+    for c, name in enumerate(manifest["classes"]):
+        row = {"class": name}
+        for s in SPLITS:
+            total = sum(manifest["splits"][s]["pixels"]) or 1
+            row[s] = manifest["splits"][s]["pixels"][c] / total
+        rows.append(row)
+    return rows
+
+
+def sample_figure(run: RunDir, manifest: dict, count: int = 6):
+    """Training images beside their masks, in the class colours."""
+    from seglab import plots
+
+    images, masks = split_paths(run, manifest, "train")
+    rows = [[np.asarray(Image.open(images[i])), np.asarray(Image.open(masks[i]))] for i in range(min(count, len(images)))]
+    pairs = [rows[i] + rows[i + 1] for i in range(0, len(rows) - 1, 2)]
+    return plots.image_grid(pairs, ["image", "mask"] * 2, manifest["classes"], manifest["colors"])
+
+
+def frequency_figure(manifest: dict):
+    from seglab import plots
+
+    table = class_frequency_table(manifest)
+    series = {s: [row[s] * 100 for row in table] for s in SPLITS}
+    return plots.grouped_bars(series, manifest["classes"], "% of pixels (log scale)", "Pixel share per class and split", log=True)

@@ -1,0 +1,61 @@
+"""Run the notebook series headless, in order, as ``python -m seglab run`` does.
+
+Each notebook is executed by papermill in its own kernel with the config path, overrides
+and run folder injected after its ``parameters`` cell; the executed copy, outputs and
+all, is saved in ``RUN_DIR/notebooks``. The first failing notebook stops the series.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import papermill
+
+from seglab.config import PATH_KEYS, load_config, parse_override
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def series(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None = None,
+               only: list[str] | None = None, log=print) -> dict:
+    """Execute the series; return seconds per notebook. Raises NotebookFailed at the first error."""
+    overrides = [_absolute(o) for o in overrides]
+    if run_dir:
+        overrides.append(f"run_dir={Path(run_dir).resolve()}")
+    cfg = load_config(config_path, overrides)  # fail fast on a bad config, before any kernel starts
+    out_dir = Path(cfg.run_dir) / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {
+        "config_path": os.path.relpath(Path(config_path).resolve(), NOTEBOOK_DIR),
+        "overrides": [o for o in overrides if not o.startswith("run_dir=")],
+        "run_dir": os.path.relpath(cfg.run_dir, NOTEBOOK_DIR),
+    }
+    timings = {}
+    for notebook in series():
+        if only and not any(notebook.name.startswith(prefix) for prefix in only):
+            continue
+        log(f"running {notebook.name} ...")
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
+                                       cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
+        except papermill.PapermillExecutionError as e:
+            raise NotebookFailed(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
+        timings[notebook.name] = round(time.perf_counter() - start, 1)
+        log(f"  done in {timings[notebook.name]} s -> {out_dir / notebook.name}")
+    return timings
+
+
+def _absolute(override: str) -> str:
+    """A path typed on the command line is relative to the shell, not to the notebooks."""
+    key, value = parse_override(override)
+    return f"{key}={Path(value).resolve()}" if key in PATH_KEYS and value else override

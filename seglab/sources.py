@@ -1,0 +1,217 @@
+"""Where images and masks come from: the user's folder, or a public dataset turned into one.
+
+Every source ends as the folder layout ``ROOT/images/*``, ``ROOT/masks/*`` (matched by file
+stem) and ``ROOT/classes.json``, so one reader and one set of checks serve them all.
+Each problem found in the input is raised as :class:`DataError` naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from seglab.artifacts import atomic_dir, atomic_file
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@dataclass
+class ClassInfo:
+    names: list
+    colors: Optional[list]  # RGB per class; required only for RGB masks
+
+    def to_dict(self) -> dict:
+        return {"classes": self.names, "colors": self.colors}
+
+
+def read_classes(path: str | Path) -> ClassInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; it must list the classes, e.g. {{\"classes\": [\"background\", \"object\"]}}")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    names = spec.get("classes") if isinstance(spec, dict) else None
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        raise DataError(f"{path}: 'classes' must be a list of at least two class names")
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}: class names must be unique")
+    colors = spec.get("colors")
+    if colors is not None:
+        ok = isinstance(colors, list) and len(colors) == len(names) and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors
+        )
+        if not ok:
+            raise DataError(f"{path}: 'colors' must hold one [r, g, b] triple of 0-255 integers per class ({len(names)})")
+        if len({tuple(c) for c in colors}) != len(colors):
+            raise DataError(f"{path}: two classes share a colour")
+    return ClassInfo(names, colors)
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()  # decode now, so a truncated file fails here and not later
+        return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable or truncated image ({e})") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8; grey is repeated to three channels, 16-bit is stretched per image."""
+    path = Path(path)
+    image = _open(path)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = np.percentile(values, (0.5, 99.5))
+        values = np.clip((values - low) / max(high - low, 1e-9), 0, 1) * 255
+        array = values.astype(np.uint8)
+    else:
+        array = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
+    """Class indices (uint8) from an index mask (grey or palette PNG) or an RGB colour mask."""
+    path = Path(path)
+    image = _open(path)
+    n = len(classes.names)
+    if image.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"))
+        if classes.colors is None:
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise DataError(f"{path}: an RGB colour mask, but classes.json has no 'colors' to map it")
+            values = rgb[..., 0].astype(np.int64)
+        else:
+            codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+            palette = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(classes.colors)}
+            found = np.unique(codes)
+            unknown = [c for c in found if c not in palette]
+            if unknown:
+                c = int(unknown[0])
+                raise DataError(
+                    f"{path}: colour {[c >> 16, (c >> 8) & 255, c & 255]} is not in classes.json 'colors' "
+                    f"({len(unknown)} unknown colour(s))"
+                )
+            lut_keys = np.array(sorted(palette))
+            values = np.array([palette[k] for k in lut_keys])[np.searchsorted(lut_keys, codes)]
+    else:
+        values = np.asarray(image).astype(np.int64)
+    if values.max(initial=0) >= n or values.min(initial=0) < 0:
+        raise DataError(f"{path}: mask value {int(values.max())} is at or above the class count {n}")
+    return values.astype(np.uint8)
+
+
+def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
+    """(stem, image, mask) for every image in ``root/images`` matched with ``root/masks``."""
+    root = Path(root)
+    listing = {}
+    for sub in ("images", "masks"):
+        folder = root / sub
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder missing; expected {root}/images and {root}/masks")
+        files = {}
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
+                continue
+            if f.stem in files:
+                raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
+            files[f.stem] = f
+        if not files:
+            raise DataError(f"{folder}: no images (png, jpg, tif or bmp) in it")
+        listing[sub] = files
+    images, masks = listing["images"], listing["masks"]
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        raise DataError(f"{images[no_mask[0]]}: no mask with the same name in {root / 'masks'} ({len(no_mask)} such image(s))")
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        raise DataError(f"{masks[no_image[0]]}: no image with the same name in {root / 'images'} ({len(no_image)} such mask(s))")
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo) -> tuple[np.ndarray, np.ndarray]:
+    image, mask = read_image(image_path), read_mask(mask_path, classes)
+    if image.shape[:2] != mask.shape:
+        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+    return image, mask
+
+
+# --- public datasets -------------------------------------------------------------------
+
+OXFORD_PETS = {
+    "url": "https://www.robots.ox.ac.uk/~vgg/data/pets/data/",
+    "files": {"images.tar.gz": "5c4f3ee8e5d25df40f4fd59a7f44e54c", "annotations.tar.gz": "95a8c909bbe2e81eed6a22bccdf3f68f"},
+    "classes": ["background", "pet", "border"],
+    "colors": [[0, 0, 0], [255, 140, 0], [255, 255, 255]],
+}
+_TRIMAP_TO_CLASS = np.array([0, 1, 0, 2], np.uint8)  # trimap 1 = pet, 2 = background, 3 = border
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str) -> Path:
+    """Fetch ``url`` to ``dest`` unless a file with the right checksum is already there."""
+    if dest.exists() and md5sum(dest) == md5:
+        return dest
+
+    def fetch(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if md5sum(tmp) != md5:
+            raise DataError(f"{url}: checksum mismatch (expected md5 {md5}); the download is corrupt or the file changed")
+
+    return atomic_file(dest, fetch)
+
+
+def prepare_oxford_pets(download_dir: str | Path, base_url: Optional[str] = None) -> Path:
+    """Download (once) and convert the Oxford-IIIT Pet trimaps to the folder layout."""
+    download_dir = Path(download_dir)
+    root = download_dir / "oxford_pets"
+    if (root / "classes.json").exists():
+        return root
+    base = (base_url or OXFORD_PETS["url"]).rstrip("/") + "/"
+    archives = {name: download(base + name, download_dir / name, md5) for name, md5 in OXFORD_PETS["files"].items()}
+    with tempfile.TemporaryDirectory(dir=download_dir) as extracted, atomic_dir(root) as out:
+        for archive in archives.values():
+            with tarfile.open(archive) as tar:
+                tar.extractall(extracted, filter="data")
+        (out / "images").mkdir()
+        (out / "masks").mkdir()
+        images = {p.stem: p for p in Path(extracted, "images").glob("*.jpg")}
+        for trimap in sorted(Path(extracted, "annotations", "trimaps").glob("*.png")):
+            if trimap.name.startswith(".") or trimap.stem not in images:
+                continue
+            values = np.asarray(Image.open(trimap))
+            Image.fromarray(_TRIMAP_TO_CLASS[np.clip(values, 0, 3)]).save(out / "masks" / f"{trimap.stem}.png")
+            shutil.move(images[trimap.stem], out / "images" / images[trimap.stem].name)
+        classes = {"classes": OXFORD_PETS["classes"], "colors": OXFORD_PETS["colors"]}
+        (out / "classes.json").write_text(json.dumps(classes))
+    return root

@@ -1,0 +1,58 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seglab.artifacts import RunDir
+from seglab.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes=("background", "a", "b"), rgb_masks=False,
+                         colors=None, seed=0) -> Path:
+    """A small dataset in the folder layout; masks hold each class in a band so counts are known."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    colors = colors or [[0, 0, 0], [255, 0, 0], [0, 0, 255], [0, 255, 0]][: len(classes)]
+    for i in range(n):
+        h, w = size
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        mask[:, w // 2:] = 1
+        mask[: h // 4, :] = len(classes) - 1
+        Image.fromarray(image).save(root / "images" / f"img{i}.png")
+        if rgb_masks:
+            Image.fromarray(np.asarray(colors, np.uint8)[mask]).save(root / "masks" / f"img{i}.png")
+        else:
+            Image.fromarray(mask).save(root / "masks" / f"img{i}.png")
+    spec = {"classes": list(classes)}
+    if rgb_masks:
+        spec["colors"] = colors
+    (root / "classes.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    return write_folder_dataset(tmp_path / "src")
+
+
+def tiny_config(tmp_path, *overrides):
+    return load_config(REPO / "configs" / "demo.yaml", [f"run_dir={tmp_path / 'run'}",
+                                                         f"data.download_dir={tmp_path / 'downloads'}",
+                                                         "data.demo.num_images=8", "data.demo.image_size=64",
+                                                         "data.image_size=64", *overrides])
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    return lambda *overrides: tiny_config(tmp_path, *overrides)
+
+
+@pytest.fixture
+def run_for(tmp_path):
+    return lambda cfg: RunDir(cfg.run_dir)

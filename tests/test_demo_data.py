@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from seglab.demo_data import CLASSES, generate_demo_dataset, make_sample
+
+
+def _masks(seed, n=30, size=96):
+    rng = np.random.default_rng(seed)
+    return [make_sample(rng, size) for _ in range(n)]
+
+
+def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
+    a = generate_demo_dataset(tmp_path / "a", 3, 64, seed=1)
+    b = generate_demo_dataset(tmp_path / "b", 3, 64, seed=1)
+    c = generate_demo_dataset(tmp_path / "c", 3, 64, seed=2)
+    read = lambda root: np.asarray(Image.open(root / "images" / "demo_0001.png"))
+    assert np.array_equal(read(a), read(b)) and not np.array_equal(read(a), read(c))
+    assert json.loads((a / "classes.json").read_text())["classes"] == CLASSES
+
+
+def test_four_classes_with_a_rare_one_under_three_percent():
+    counts = sum(np.bincount(m.ravel(), minlength=len(CLASSES)) for _, m in _masks(0))
+    share = counts / counts.sum()
+    assert len(CLASSES) >= 4 and (share > 0).all()
+    assert share[3] < 0.03
+    assert share[0] > 0.5
+
+
+def test_objects_touch_or_overlap_and_backgrounds_are_textured():
+    touching = 0
+    for image, mask in _masks(3):
+        disc, bar = mask == 1, mask == 2
+        grown = np.zeros_like(disc)
+        grown[1:] |= disc[:-1]; grown[:-1] |= disc[1:]; grown[:, 1:] |= disc[:, :-1]; grown[:, :-1] |= disc[:, 1:]
+        touching += bool((grown & bar).any())
+        assert image[mask == 0].std() > 8  # noise and texture, not a flat colour
+    assert touching >= 3

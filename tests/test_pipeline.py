@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from seglab.backend import sm, tf
+from seglab import pipeline
+
+
+@pytest.mark.parametrize("backbone", ["resnet34", "efficientnetb0", "mobilenetv2", "vgg16"])
+def test_normalisation_matches_segmentation_models(backbone):
+    norm = pipeline.encoder_normalization(backbone)
+    x = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3)).astype(np.float32)
+    expected = sm.get_preprocessing(backbone)(x.copy())
+    np.testing.assert_allclose(pipeline.normalize(x, norm).numpy(), expected, atol=1e-3)
+    np.testing.assert_array_equal(pipeline.denormalize(pipeline.normalize(x, norm), norm), x.astype(np.uint8))
+
+
+def test_augmentation_moves_image_and_mask_together(tmp_path):
+    """The mask is a function of the image's red channel; it must stay so after augmentation."""
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for i in range(6):
+        mask = rng.integers(0, 3, (16, 16)).astype(np.uint8)
+        image = np.stack([mask * 100, np.zeros_like(mask), np.zeros_like(mask)], -1).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / f"i{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+        images.append(str(tmp_path / f"i{i}.png"))
+        masks.append(str(tmp_path / f"m{i}.png"))
+    norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
+    tf.random.set_seed(1)
+    ds = pipeline.make_dataset(images, masks, 3, norm, 3, training=True, augment=True, repeat=True)
+    changed = 0
+    for x, y in ds.take(8):
+        labels = np.argmax(y.numpy(), -1)
+        red = x.numpy()[..., 0]
+        # brightness/contrast jitter keeps the order of red levels: each class's pixels stay separable
+        for b in range(len(labels)):
+            lows, mids, highs = red[b][labels[b] == 0], red[b][labels[b] == 1], red[b][labels[b] == 2]
+            assert lows.max(initial=-1e9) < mids.min(initial=1e9) and mids.max(initial=-1e9) < highs.min(initial=1e9)
+        changed += y.shape[0]
+    assert changed == 24 and y.shape == (3, 16, 16, 3)
+
+
+def test_streaming_dataset_shapes_and_one_hot(tmp_path):
+    paths = []
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"i{i}.png")
+        Image.fromarray(np.full((8, 8), i % 2, np.uint8)).save(tmp_path / f"m{i}.png")
+        paths.append((str(tmp_path / f"i{i}.png"), str(tmp_path / f"m{i}.png")))
+    images, masks = zip(*paths)
+    norm = pipeline.encoder_normalization("mobilenetv2")
+    batches = list(pipeline.make_dataset(images, masks, 2, norm, 2))
+    assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # evaluation keeps every sample
+    assert np.allclose(batches[0][1].numpy().sum(-1), 1)
+    assert np.isclose(batches[0][0].numpy()[0, 0, 0, 0], -1.0)  # pixel 0 -> -1 for mobilenet
+    train = list(pipeline.make_dataset(images, masks, 2, norm, 2, training=True))
+    assert [b[0].shape[0] for b in train] == [2, 2]  # whole batches for training (replicas split them)

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from seglab import data_loading
+from seglab.artifacts import RunDir
+
+from conftest import write_folder_dataset
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(100, 32, 0.25), (64, 64, 0.5), (65, 64, 0.0), (300, 96, 0.5)])
+def test_tiles_cover_the_image_with_at_least_the_overlap(length, tile, overlap):
+    starts = data_loading.tile_starts(length, tile, overlap)
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s:s + tile] = True
+        assert 0 <= s <= length - tile
+    assert covered.all()
+    for a, b in zip(starts, starts[1:]):
+        assert a + tile - b >= int(tile * overlap) - 1
+
+
+def test_resizing_never_invents_classes():
+    mask = np.zeros((101, 77), np.uint8)
+    mask[:, 30:] = 2
+    mask[50:, :] = 5  # neighbouring 2 and 5 would average to 3 or 4 under linear interpolation
+    image = np.zeros((101, 77, 3), np.uint8)
+    for _, img, msk in data_loading.preprocess(image, mask, 48, "resize", 0):
+        assert img.shape == (48, 48, 3) and msk.shape == (48, 48)
+        assert set(np.unique(msk)) <= {0, 2, 5}
+
+
+def test_tiling_split_by_source_image_and_reproducible(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=10, size=(80, 100))
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.mode=tile", "data.image_size=32",
+                      "data.tile_overlap=0.5")
+    manifest = data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))
+    per_source = {}
+    for item in manifest["items"]:
+        per_source.setdefault(item["source"], set()).add(item["split"])
+    assert all(len(splits) == 1 for splits in per_source.values())  # no image on both sides
+    assert len(manifest["items"]) == 10 * len(data_loading.tile_starts(80, 32, 0.5)) * len(data_loading.tile_starts(100, 32, 0.5))
+    assert sum(manifest["splits"][s]["sources"] for s in data_loading.SPLITS) == 10
+    first = {i["id"]: i["split"] for i in manifest["items"]}
+    again = data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))
+    assert {i["id"]: i["split"] for i in again["items"]} == first
+    pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
+    assert pixels.sum() == len(manifest["items"]) * 32 * 32
+
+
+def test_demo_source_end_to_end_writes_the_manifest(make_config):
+    cfg = make_config()
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    assert manifest["classes"][0] == "background" and len(manifest["classes"]) == 4
+    assert run.require("data")["outputs"] == {"dataset": "dataset/dataset.json"}
+    assert data_loading.load_manifest(run)["items"] == manifest["items"]
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+    images, masks = data_loading.split_paths(run, manifest, "train")
+    assert len(images) == manifest["splits"]["train"]["items"] and all(p.endswith(".png") for p in masks)
+
+
+def test_too_few_images_to_split(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=2)
+    cfg = make_config("data.source=folder", f"data.root={root}")
+    with pytest.raises(data_loading.sources.DataError, match="at least 3"):
+        data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))

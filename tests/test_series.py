@@ -1,0 +1,62 @@
+"""The notebook series, run as a user would: ``python -m seglab run`` on a tiny config."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import REPO
+
+TINY = ["--set", "data.demo.num_images=12", "--set", "data.demo.image_size=64", "--set", "data.image_size=64"]
+
+
+def _run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "seglab", "run", "--config", "configs/demo.yaml", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def series_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("series") / "run"
+    result = _run("--run-dir", str(run_dir), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_every_notebook_ran_without_error_outputs(series_run):
+    run_dir, result = series_run
+    executed = sorted((run_dir / "notebooks").glob("*.ipynb"))
+    assert [p.name for p in executed] == sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert not errors, f"{path.name}: {errors[0].ename}"
+        assert any(c.metadata.get("tags") == ["injected-parameters"] for c in nb.cells)
+    assert "series finished" in result.stdout
+
+
+def test_step_00_and_01_hand_over_their_artifacts(series_run):
+    run_dir, _ = series_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {"gpu_check", "data"} <= set(manifest["steps"])
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["accelerator"] in ("CPU", "GPU", "TPU") and env["tensorflow"]
+    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    assert len(dataset["items"]) == 12 and len(list((run_dir / "dataset" / "masks").glob("*.png"))) == 12
+    assert manifest["steps"]["data"]["config"]["data"]["image_size"] == 64  # the override reached the notebook
+    for figure in ("01_class_pixel_share", "01_training_samples", "01_augmented_batch"):
+        assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
+
+
+def test_a_notebook_without_its_inputs_names_the_one_to_run_first(tmp_path):
+    result = _run("--run-dir", str(tmp_path / "empty"), "--only", "01", *TINY)
+    assert result.returncode == 1
+    assert "01_data_loading_and_preprocessing.ipynb failed" in result.stderr
+    assert "Run notebook 00_gpu_check.ipynb first" in result.stderr
+
+
+def test_a_bad_config_stops_before_any_notebook(tmp_path):
+    result = _run("--run-dir", str(tmp_path / "x"), "--set", "train.epoch=3")
+    assert result.returncode == 1 and "unknown config key 'train.epoch'" in result.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seglab import data_loading, sources
+from seglab.sources import DataError
+
+from conftest import write_folder_dataset
+
+
+def test_index_masks_grey_and_palette_and_various_image_formats(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=3)
+    # a 16-bit grey TIFF image, a JPEG, and a palette (mode P) mask
+    Image.fromarray((np.arange(40 * 48).reshape(40, 48) * 20).astype(np.uint16)).save(root / "images" / "img0.tif")
+    (root / "images" / "img0.png").unlink()
+    Image.open(root / "images" / "img1.png").convert("L").save(root / "images" / "img1.jpg")
+    (root / "images" / "img1.png").unlink()
+    palette = Image.open(root / "masks" / "img2.png").convert("P")
+    palette.putpalette([0, 0, 0, 9, 9, 9, 200, 0, 0] + [0] * 759)
+    palette.save(root / "masks" / "img2.png")
+    classes = sources.read_classes(root / "classes.json")
+    for stem, image_path, mask_path in sources.find_pairs(root):
+        image, mask = sources.read_pair(image_path, mask_path, classes)
+        assert image.dtype == np.uint8 and image.shape == (40, 48, 3)
+        assert set(np.unique(mask)) == {0, 1, 2}
+    stretched = sources.read_image(root / "images" / "img0.tif")
+    assert stretched.min() == 0 and stretched.max() == 255
+
+
+def test_rgb_colour_masks_map_to_class_indices(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=1, rgb_masks=True)
+    classes = sources.read_classes(root / "classes.json")
+    mask = sources.read_mask(root / "masks" / "img0.png", classes)
+    assert mask[0, 0] == 2 and mask[-1, -1] == 1 and mask[-1, 0] == 0
+
+
+def test_images_of_different_sizes_in_one_folder(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=3, size=(40, 48))
+    write_folder_dataset(tmp_path / "e", n=3, size=(70, 90))
+    for i in range(3):
+        for sub in ("images", "masks"):
+            (tmp_path / "e" / sub / f"img{i}.png").rename(root / sub / f"big{i}.png")
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
+    manifest = data_loading.prepare_dataset(cfg, data_loading.RunDir(cfg.run_dir))
+    assert len(manifest["items"]) == 6
+    assert {tuple(s) for s in manifest["source"]["sizes"].values()} == {(40, 48), (70, 90)}
+    assert all(Image.open(p).size == (32, 32) for p in (tmp_path / "run" / "dataset" / "images").iterdir())
+
+
+def _bad(root, problem):
+    if problem == "empty":
+        for f in (root / "images").iterdir():
+            f.unlink()
+    elif problem == "missing folder":
+        for f in (root / "masks").iterdir():
+            f.unlink()
+        (root / "masks").rmdir()
+    elif problem == "image without mask":
+        (root / "masks" / "img3.png").unlink()
+    elif problem == "mask without image":
+        (root / "images" / "img3.png").unlink()
+    elif problem == "size mismatch":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "img3.png")
+    elif problem == "value out of range":
+        Image.fromarray(np.full((40, 48), 7, np.uint8)).save(root / "masks" / "img3.png")
+    elif problem == "unknown colour":
+        Image.fromarray(np.full((40, 48, 3), 77, np.uint8)).save(root / "masks" / "img3.png")
+    elif problem == "truncated":
+        data = (root / "images" / "img3.png").read_bytes()
+        (root / "images" / "img3.png").write_bytes(data[: len(data) // 2])
+    elif problem == "not an image":
+        (root / "images" / "img3.png").write_text("hello")
+    elif problem == "malformed classes.json":
+        (root / "classes.json").write_text('{"classes": ["background", ')
+    elif problem == "classes.json without classes":
+        (root / "classes.json").write_text(json.dumps({"names": ["a", "b"]}))
+    elif problem == "colors of the wrong length":
+        (root / "classes.json").write_text(json.dumps({"classes": ["a", "b", "c"], "colors": [[0, 0, 0]]}))
+
+
+BAD = {
+    "empty": r"images: no images",
+    "missing folder": r"masks: folder missing",
+    "image without mask": r"img3.png: no mask with the same name",
+    "mask without image": r"img3.png: no image with the same name",
+    "size mismatch": r"img3.png: mask is 10x10 but its image is 48x40",
+    "value out of range": r"img3.png: mask value 7 is at or above the class count 3",
+    "unknown colour": r"img3.png: colour \[77, 77, 77\] is not in classes.json",
+    "truncated": r"img3.png: unreadable or truncated image",
+    "not an image": r"img3.png: unreadable or truncated image",
+    "malformed classes.json": r"classes.json: not valid JSON",
+    "classes.json without classes": r"classes.json: 'classes' must be a list",
+    "colors of the wrong length": r"classes.json: 'colors' must hold one",
+}
+
+
+@pytest.mark.parametrize("problem", list(BAD))
+def test_bad_input_names_the_file_and_keeps_the_previous_output(tmp_path, make_config, problem):
+    root = write_folder_dataset(tmp_path / "d", n=5, rgb_masks=problem == "unknown colour")
+    cfg = make_config("data.source=folder", f"data.root={root}")
+    run = data_loading.RunDir(cfg.run_dir)
+    data_loading.prepare_dataset(cfg, run)
+    before = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    _bad(root, problem)
+    with pytest.raises(DataError, match=BAD[problem]):
+        data_loading.prepare_dataset(cfg, run)
+    after = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    assert after == before
+    run.require("data")
