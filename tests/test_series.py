@@ -8,7 +8,8 @@ import pytest
 
 from conftest import REPO
 
-TINY = ["--set", "data.demo.num_images=12", "--set", "data.demo.image_size=64", "--set", "data.image_size=64"]
+TINY = [f"--set={o}" for o in ("data.demo.num_images=16", "data.demo.image_size=96", "data.image_size=96",
+                                "train.epochs=2", "train.batch_size=4")]
 
 
 def _run(*args, cwd=REPO):
@@ -43,8 +44,8 @@ def test_step_00_and_01_hand_over_their_artifacts(series_run):
     env = json.loads((run_dir / "env.json").read_text())
     assert env["accelerator"] in ("CPU", "GPU", "TPU") and env["tensorflow"]
     dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
-    assert len(dataset["items"]) == 12 and len(list((run_dir / "dataset" / "masks").glob("*.png"))) == 12
-    assert manifest["steps"]["data"]["config"]["data"]["image_size"] == 64  # the override reached the notebook
+    assert len(dataset["items"]) == 16 and len(list((run_dir / "dataset" / "masks").glob("*.png"))) == 16
+    assert manifest["steps"]["data"]["config"]["data"]["image_size"] == 96  # the override reached the notebook
     for figure in ("01_class_pixel_share", "01_training_samples", "01_augmented_batch"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
 
@@ -60,3 +61,22 @@ def test_a_bad_config_stops_before_any_notebook(tmp_path):
     result = _run("--run-dir", str(tmp_path / "x"), "--set", "train.epoch=3")
     assert result.returncode == 1 and "unknown config key 'train.epoch'" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_step_02_and_03_hand_over_weights_and_models(series_run):
+    run_dir, _ = series_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    weights = json.loads((run_dir / "class_weights.json").read_text())
+    assert weights["scheme"] == "balanced" and len(weights["weights"]) == 4
+    assert manifest["steps"]["class_weights"]["inputs"] == {"data": manifest["steps"]["data"]["id"]}
+    training = manifest["steps"]["training"]
+    assert set(training["inputs"]) == {"data", "class_weights"}
+    summary = json.loads((run_dir / "training.json").read_text())
+    assert set(summary) == {"unet", "fpn", "pspnet"}
+    for arch, s in summary.items():
+        assert (run_dir / s["model"]).stat().st_size > 100_000
+        assert s["epochs"] == 2 and 0 <= s["best_val_iou"] <= 1
+        history = json.loads((run_dir / "history" / f"{arch}.json").read_text())
+        assert len(history["epochs"]) == 2
+    assert any((run_dir / "tensorboard" / "unet").rglob("events.out.tfevents.*"))
+    assert (run_dir / "figures" / "03_training_curves.png").exists()

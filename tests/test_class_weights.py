@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
+
+from seglab.class_weights import compute_weights, pixel_counts
+
+
+def test_balanced_equals_scikit_learn_on_the_same_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [rng.choice(4, size=(20, 30), p=[0.8, 0.15, 0.04, 0.01]).astype(np.uint8) for _ in range(5)]
+    paths = []
+    for i, m in enumerate(masks):
+        Image.fromarray(m).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    counts, _ = pixel_counts(paths, 4)
+    pixels = np.concatenate([m.ravel() for m in masks])
+    np.testing.assert_array_equal(counts, np.bincount(pixels, minlength=4))
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=pixels)
+    np.testing.assert_allclose(compute_weights(counts, "balanced"), expected, rtol=1e-12)
+
+
+def test_median_frequency_follows_segnet():
+    counts = np.array([900, 90, 10])
+    present_in = np.array([1000, 500, 100])  # class 2 appears in one small image only
+    freq = counts / present_in  # 0.9, 0.18, 0.1
+    np.testing.assert_allclose(compute_weights(counts, "median_frequency", present_in=present_in), np.median(freq) / freq)
+
+
+def test_inverse_sqrt_has_mean_one_and_orders_by_rarity():
+    w = compute_weights([800, 150, 50], "inverse_sqrt")
+    assert np.isclose(w.mean(), 1) and w[0] < w[1] < w[2]
+    np.testing.assert_array_equal(compute_weights([800, 150, 50], "none"), [1, 1, 1])
+
+
+def test_clipping_bounds_the_ratio():
+    w = compute_weights([10**6, 10], "balanced", max_ratio=10)
+    assert np.isclose(w.max() / w.min(), 10)
+
+
+def test_a_class_absent_from_training_warns_and_gets_a_finite_weight():
+    with pytest.warns(UserWarning, match="speck have no pixels in the training split"):
+        w = compute_weights([900, 100, 0], "balanced", names=["bg", "disc", "speck"])
+    assert np.isfinite(w).all() and w[2] == w[:2].max()
+
+
+def test_unknown_scheme_is_rejected():
+    with pytest.raises(ValueError, match="unknown class weight scheme"):
+        compute_weights([1, 2], "focal")

@@ -1,0 +1,163 @@
+import csv
+import functools
+import hashlib
+import http.server
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from seglab import class_weights, data_loading, training
+from seglab.artifacts import RunDir, write_json
+from seglab.backend import keras, tf
+from seglab.config import ConfigError
+
+
+@pytest.mark.parametrize("arch, size", [("unet", 64), ("fpn", 64), ("linknet", 64), ("pspnet", 48)])
+def test_every_architecture_builds_with_a_float32_softmax(arch, size):
+    model = training.build_model(arch, "resnet18", 5, size)
+    assert model.output_shape == (None, size, size, 5)
+    assert model.layers[-1].dtype == "float32"
+    out = model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
+    np.testing.assert_allclose(out.sum(-1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch, size, factor, message", [
+    ("unet", 100, 8, "multiple of 32; data.image_size=100: use 96 or 128"),
+    ("pspnet", 128, 8, "multiple of 48 at downsample factor 8; data.image_size=128: use 96 or 144"),
+    ("pspnet", 100, 4, "multiple of 24 at downsample factor 4"),
+    ("pspnet", 96, 3, "must be 4, 8 or 16"),
+])
+def test_input_size_rules_are_checked_before_building(arch, size, factor, message):
+    with pytest.raises(ConfigError, match=message):
+        training.build_model(arch, "resnet18", 3, size, downsample_factor=factor)
+
+
+def test_mixed_precision_keeps_the_output_in_float32():
+    try:
+        assert training.set_precision("on") == "mixed_float16"
+        model = training.build_model("unet", "resnet18", 3, 32)
+        assert model.layers[-2].compute_dtype == "float16"
+        assert model.output.dtype == tf.float32
+    finally:
+        training.set_precision("off")
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+class _Serve:
+    def __init__(self, folder):
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+
+
+@pytest.fixture
+def resnet18_weights_entry(monkeypatch, tmp_path):
+    """Point the encoder's ImageNet weights at a server on 127.0.0.1 and an empty Keras cache."""
+    from classification_models import weights as registry
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    entry = next(w for w in registry.WEIGHTS_COLLECTION
+                 if w["model"] == "resnet18" and w["dataset"] == "imagenet" and not w["include_top"])
+    served = tmp_path / "served"
+    served.mkdir()
+    server = _Serve(served)
+    yield entry, served, server.url
+    server.server.shutdown()
+
+
+def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry):
+    entry, served, url = resnet18_weights_entry
+    from classification_models.tfkeras import Classifiers
+
+    encoder = Classifiers.get("resnet18")[0](input_shape=(None, None, 3), weights=None, include_top=False)
+    encoder.save_weights(str(served / entry["name"]))
+    data = (served / entry["name"]).read_bytes()
+    monkeypatch.setitem(entry, "url", url + entry["name"])
+    monkeypatch.setitem(entry, "md5", hashlib.md5(data).hexdigest())
+    lines = []
+    model = training.build_model("unet", "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
+    assert lines == []
+    expected = {w.name: w.numpy() for w in encoder.weights}
+    conv = next(w for w in model.weights if w.name == "conv0/kernel:0")
+    np.testing.assert_array_equal(conv.numpy(), expected["conv0/kernel:0"])
+
+
+def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch, resnet18_weights_entry):
+    entry, _, url = resnet18_weights_entry
+    monkeypatch.setitem(entry, "url", url + "missing.h5")  # the server answers 404
+    lines = []
+    model = training.build_model("unet", "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
+    assert len(lines) == 1
+    assert lines[0].startswith("imagenet weights for resnet18 could not be downloaded")
+    assert lines[0].endswith("training unet from random initialisation.")
+    assert model.output_shape == (None, 64, 64, 3)
+
+
+@pytest.fixture
+def prepared(make_config):
+    cfg = make_config("data.demo.num_images=10", "train.batch_size=2", "train.epochs=3", "model.architectures=[unet]",
+                      "train.early_stopping_patience=10", "data.augment=false")
+    run = RunDir(cfg.run_dir)
+    data_loading.prepare_dataset(cfg, run)
+    weights = class_weights.write_class_weights(run, cfg)["weights"]
+    return cfg, run, weights
+
+
+class _Disconnect(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("runtime disconnected")
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(prepared):
+    cfg, run, weights = prepared
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model("unet", cfg, run, weights, extra_callbacks=[_Disconnect()])
+    assert not run.path("models", "unet.keras").exists()  # nothing half-finished to trust
+    summary = training.train_model("unet", cfg, run, weights)
+    with open(run.path("history", "unet.csv")) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2]  # epochs 0 and 1 were not trained again
+    assert summary["resumed"] and summary["epochs"] == 3
+    model = training.load_model(run.path("models", "unet.keras"))
+    assert model.optimizer is None  # the export carries no optimizer state
+    model.compile(optimizer="adam", loss=training.make_loss("dice+focal", weights), metrics=training.metrics())
+
+
+def test_a_completed_training_starts_fresh_the_next_time(prepared):
+    cfg, run, weights = prepared
+    training.train_model("unet", cfg, run, weights)
+    summary = training.train_model("unet", cfg, run, weights)
+    assert not summary["resumed"] and summary["epochs"] == 3
+
+
+TWO_REPLICAS = """
+import sys
+from seglab.backend import tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from seglab import training
+from seglab.artifacts import RunDir
+from seglab.config import load_config
+cfg = load_config(sys.argv[1], sys.argv[2:])
+strategy = training.choose_strategy(cfg.train.strategy)
+assert isinstance(strategy, tf.distribute.MirroredStrategy), strategy
+summary = training.train_model("unet", cfg, RunDir(cfg.run_dir), [1.0, 1.0, 1.0, 1.0], strategy)
+print("REPLICAS", summary["replicas"], summary["global_batch_size"], summary["epochs"])
+"""
+
+
+def test_training_on_two_replicas_scales_the_global_batch(prepared, tmp_path):
+    cfg, run, _ = prepared
+    from conftest import REPO
+
+    overrides = [f"run_dir={cfg.run_dir}", "data.image_size=64", "train.batch_size=2", "train.epochs=1",
+                 "train.strategy=mirrored", "data.augment=false"]
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(REPO / "configs" / "demo.yaml"), *overrides],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REPLICAS 2 4 1" in result.stdout
