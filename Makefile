@@ -20,3 +20,6 @@ test: $(VENV)/.installed  ## unit tests, then the whole series on a tiny config
 
 clean:
 	rm -rf runs data/generated
+
+render: $(VENV)/.installed  ## rerun the demo; commit-ready notebooks with outputs, README results
+	$(PY) -m seglab render

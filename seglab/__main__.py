@@ -1,4 +1,4 @@
-"""Command line: ``python -m seglab run`` executes the notebook series headless."""
+"""Command line: ``run`` executes the notebook series headless; ``predict`` segments new images."""
 from __future__ import annotations
 
 import argparse
@@ -16,17 +16,53 @@ def main(argv=None) -> int:
                      help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--run-dir", help="run folder (default: the config's run_dir)")
     run.add_argument("--only", nargs="+", metavar="NN", help="run only the notebooks whose names start so, e.g. 00 01")
+    commands.add_parser("render", help="run the demo and write the executed notebooks and README results")
+    predict = commands.add_parser("predict", help="masks for new images of any size with a trained model")
+    predict.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its NAME.json lies beside it)")
+    predict.add_argument("--input", required=True, help="an image or a folder of images")
+    predict.add_argument("--output", required=True, help="folder for masks, colour masks, overlays, class_areas.csv")
+    predict.add_argument("--tile", type=int, help="window size; must be the model's input size (the default)")
+    predict.add_argument("--overlap", type=float, default=0.5, help="overlap between windows, 0 to 0.9")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--tta", action="store_true", help="average over flips (four times slower)")
+    predict.add_argument("--no-overlays", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return _predict(args)
 
     from seglab.runner import NotebookFailed, run_series
 
     try:
+        if args.command == "render":
+            from seglab.render import render
+
+            render()
+            return 0
         timings = run_series(args.config, args.overrides, args.run_dir, args.only)
     except (ConfigError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"series finished in {sum(timings.values()):.0f} s: " + ", ".join(f"{k} {v} s" for k, v in timings.items()))
     return 0
+
+
+def _predict(args) -> int:
+    from seglab import inference
+
+    if not 0 <= args.overlap < 1:
+        print(f"error: --overlap {args.overlap} must be in [0, 1)", file=sys.stderr)
+        return 1
+    try:
+        predictor = inference.Predictor.load(args.model, args.tile)
+        result = inference.predict_folder(predictor, args.input, args.output, args.overlap, args.batch_size,
+                                          args.tta, overlays=not args.no_overlays,
+                                          log=lambda line: print(line, file=sys.stderr))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{len(result['predicted'])} image(s) segmented into {args.output}"
+          + (f"; {len(result['failed'])} unreadable: {', '.join(result['failed'])}" if result["failed"] else ""))
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ STEPS = {
     "training": "03_training.ipynb",
     "evaluation": "04_evaluation.ipynb",
     "visualization": "05_visualization.ipynb",
+    "inference": "06_inference_on_new_images.ipynb",
 }
 
 _PACKAGES = ("tensorflow", "tf-keras", "segmentation-models", "numpy", "scikit-learn", "opencv-python-headless")

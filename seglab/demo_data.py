@@ -32,23 +32,29 @@ def _hsv_color(rng: np.random.Generator, hue: float, sat: tuple, val: tuple) -> 
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One RGB image (uint8) and its class-index mask."""
+def make_sample(rng: np.random.Generator, size: int, object_scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB image (uint8) and its class-index mask.
+
+    Objects are sized relative to ``object_scale`` (default: ``size``); a larger ``size`` with
+    the training ``object_scale`` gives a large scene with objects at the training scale.
+    """
+    unit = object_scale or size
+    crowd = max(1, round((size / unit) ** 2))
     base = _hsv_color(rng, rng.uniform(0, 180), (10, 90), (70, 170))
     image = base + 45 * _texture(rng, size, 16)[..., None] + 20 * _texture(rng, size, 4)[..., None]
     mask = np.zeros((size, size), np.uint8)
-    shapes = [1] * int(rng.integers(1, 4)) + [2] * int(rng.integers(1, 4))
+    shapes = [1] * int(rng.integers(1, 4) * crowd) + [2] * int(rng.integers(1, 4) * crowd)
     rng.shuffle(shapes)
     for cls in shapes:
         layer = np.zeros((size, size), np.uint8)
         cx, cy = rng.integers(0, size, 2)
         if cls == 1:  # disc: a filled ellipse, warm colours, mottled surface
-            axes = tuple(int(a) for a in rng.uniform(0.06, 0.22, 2) * size)
+            axes = tuple(int(a) for a in rng.uniform(0.06, 0.22, 2) * unit)
             cv2.ellipse(layer, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
             color = _hsv_color(rng, rng.normal(5, 8), (120, 230), (140, 240))
             surface = color + 35 * _texture(rng, size, 6)[..., None]
         else:  # bar: a rotated rectangle, cool colours, striped surface
-            w, h = rng.uniform(0.05, 0.12) * size, rng.uniform(0.25, 0.6) * size
+            w, h = rng.uniform(0.05, 0.12) * unit, rng.uniform(0.25, 0.6) * unit
             box = cv2.boxPoints(((float(cx), float(cy)), (float(w), float(h)), float(rng.uniform(0, 180))))
             cv2.fillPoly(layer, [np.int32(box)], 1)
             color = _hsv_color(rng, rng.normal(100, 12), (100, 220), (110, 230))
@@ -57,9 +63,9 @@ def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         on = layer.astype(bool)
         image[on] = surface[on]
         mask[on] = cls
-    for _ in range(int(rng.integers(2, 7))):  # specks: the rare class
+    for _ in range(int(rng.integers(2, 7) * crowd)):  # specks: the rare class
         cx, cy = rng.integers(0, size, 2)
-        radius = int(rng.integers(1, max(2, size // 40) + 1))
+        radius = int(rng.integers(1, max(2, unit // 40) + 1))
         cv2.circle(mask, (int(cx), int(cy)), radius, 3, -1)
         image[mask == 3] = _hsv_color(rng, rng.normal(28, 4), (150, 255), (200, 255))
     image += rng.normal(0, 12, image.shape)

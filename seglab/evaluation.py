@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from skimage import morphology
 
-from seglab import data_loading, metrics, pipeline, training
+from seglab import data_loading, inference, metrics, pipeline, training
 from seglab.artifacts import RunDir, atomic_dir, read_json, write_json, write_text
 
 
@@ -24,14 +24,8 @@ def split_truth(run: RunDir, manifest: dict, split: str) -> list[np.ndarray]:
 
 def predict_probabilities(model, image_paths, norm: dict, tta: bool = False, batch_size: int = 8):
     """Softmax maps per image; with ``tta`` the mean over the four flips, each flipped back."""
-    flips = [(), (2,), (1,), (1, 2)] if tta else [()]
     for batch in pipeline.make_image_dataset(image_paths, norm, batch_size):
-        total = 0
-        for axes in flips:
-            x = np.flip(batch.numpy(), axes) if axes else batch.numpy()
-            p = model.predict_on_batch(x)
-            total = total + (np.flip(p, axes) if axes else p)
-        yield from total / len(flips)
+        yield from inference.predict_batch(model, batch.numpy(), tta)
 
 
 def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) -> np.ndarray:
@@ -43,7 +37,7 @@ def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) ->
         region = labels == c
         kept = region
         if opening:
-            kept = morphology.binary_opening(kept, morphology.disk(1))
+            kept = morphology.opening(kept, morphology.disk(1))
         if min_size:
             kept = morphology.remove_small_objects(kept, max_size=min_size - 1)
         out[region & ~kept] = 0
@@ -94,13 +88,14 @@ def evaluate_model(model, summary: dict, cfg, run: RunDir, manifest: dict) -> tu
             row[split] = labels
             row[f"{split}_mean_iou"] = score_split(labels, truths[split], classes)["mean_iou"]
         table[_name(variant)] = {**variant, **row}
-    chosen = max(table, key=lambda k: (table[k]["val_mean_iou"], k == "plain"))
+    simplest_first = lambda k: (table[k]["val_mean_iou"], -(table[k]["tta"] + bool(table[k]["min_component_size"]) + table[k]["opening"]))
+    chosen = max(table, key=simplest_first)  # on a tie, the variant with fewer options
     ids = [i["id"] for i in manifest["items"] if i["split"] == "test"]
     plain = score_split(table["plain"]["test"], truths["test"], classes)
     after = score_split(table[chosen]["test"], truths["test"], classes)
     result = {
         **plain,
-        "per_image_iou": per_image_iou(table["plain"]["test"], truths["test"], ids, len(classes)),
+        "per_image_iou": per_image_iou(table[chosen]["test"], truths["test"], ids, len(classes)),  # as saved
         "selected_on_val": {k: table[chosen][k] for k in ("tta", "min_component_size", "opening")} | {"name": chosen},
         "variants": {k: {"val_mean_iou": v["val_mean_iou"], "test_mean_iou": v["test_mean_iou"]} for k, v in table.items()},
         "with_selected": {k: after[k] for k in ("mean_iou", "mean_dice", "pixel_accuracy", "per_class_iou")},

@@ -7,7 +7,9 @@ all, is saved in ``RUN_DIR/notebooks``. The first failing notebook stops the ser
 from __future__ import annotations
 
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import papermill
@@ -46,13 +48,28 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
         log(f"running {notebook.name} ...")
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
-                                       cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
+            with _stderr_to(out_dir / "kernels.log"):
+                papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
+                                           cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
         except papermill.PapermillExecutionError as e:
             raise NotebookFailed(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from None
         timings[notebook.name] = round(time.perf_counter() - start, 1)
         log(f"  done in {timings[notebook.name]} s -> {out_dir / notebook.name}")
     return timings
+
+
+@contextmanager
+def _stderr_to(path: Path):
+    """Kernels inherit this process's stderr; TensorFlow's C++ start-up lines go to a log, not the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _absolute(override: str) -> str:

@@ -179,6 +179,9 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     export = keras.Model(model.inputs, model.outputs)  # uncompiled: no optimizer state in the export
     model_path = run.path("models", f"{arch}.keras")
     atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
+    write_json(model_path.with_suffix(".json"), {  # what prediction needs, beside the model
+        "architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
+        "colors": manifest["colors"], "normalization": norm, "input_size": size, "data_mode": manifest["mode"]})
     epochs = _logged_epochs(log_csv)
     summary = {
         "architecture": arch, "backbone": cfg.model.backbone, "model": f"models/{arch}.keras",
@@ -207,6 +210,7 @@ def train_all(cfg, run: RunDir, log=print) -> dict:
     write_json(run.path("training.json"), summaries)
     outputs = {"summary": "training.json"}
     outputs.update({f"model_{a}": s["model"] for a, s in summaries.items()})
+    outputs.update({f"model_info_{a}": f"models/{a}.json" for a in summaries})
     outputs.update({f"history_{a}": f"history/{a}.json" for a in summaries})
     run.record("training", outputs, config=cfg, inputs=("data", "class_weights"))
     return summaries

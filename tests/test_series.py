@@ -80,3 +80,40 @@ def test_step_02_and_03_hand_over_weights_and_models(series_run):
         assert len(history["epochs"]) == 2
     assert any((run_dir / "tensorboard" / "unet").rglob("events.out.tfevents.*"))
     assert (run_dir / "figures" / "03_training_curves.png").exists()
+
+
+def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
+    run_dir, _ = series_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    test_ids = [i["id"] for i in dataset["items"] if i["split"] == "test"]
+    assert metrics["split"] == "test" and set(metrics["models"]) == {"unet", "fpn", "pspnet"}
+    for name, m in metrics["models"].items():
+        for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
+            assert 0 <= m[key] <= 1
+        assert set(m["per_class_iou"]) == set(dataset["classes"])
+        cm = m["confusion_matrix"]
+        assert sum(map(sum, cm)) == len(test_ids) * 96 * 96  # every test pixel counted once
+        assert set(m["per_image_iou"]) == set(test_ids)
+        assert m["selected_on_val"]["name"] in m["variants"]
+        assert sorted(p.stem for p in (run_dir / "predictions" / name).glob("*.png")) == sorted(test_ids)
+    header = (run_dir / "comparison.csv").read_text().splitlines()[0]
+    assert header.startswith("model,mean_iou,") and "iou_speck" in header
+    figures = manifest["steps"]["visualization"]["outputs"]
+    for name in ("05_predictions_unet", "05_best_and_worst_pspnet", "05_confusion_matrices", "05_training_curves",
+                 "05_per_class_iou"):
+        assert (run_dir / figures[name]).stat().st_size > 1000
+    assert manifest["steps"]["visualization"]["inputs"] == {"evaluation": manifest["steps"]["evaluation"]["id"]}
+
+
+def test_step_06_segments_a_large_image_with_the_saved_model(series_run):
+    run_dir, _ = series_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["steps"]["inference"]["inputs"] == {"training": manifest["steps"]["training"]["id"]}
+    out = run_dir / "inference" / "output"
+    assert {p.name for p in out.iterdir()} == {"class_areas.csv", "large_scene_mask.png", "large_scene_color.png",
+                                               "large_scene_overlay.png"}
+    from PIL import Image
+
+    assert Image.open(out / "large_scene_mask.png").size == (96 * 8, 96 * 8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seglab import class_weights, data_loading, training
-from seglab.artifacts import RunDir, write_json
+from seglab.artifacts import RunDir
 from seglab.backend import keras, tf
 from seglab.config import ConfigError
 

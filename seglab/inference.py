@@ -1,0 +1,151 @@
+"""Step 06: masks for new images of any size, as ``python -m seglab predict`` does.
+
+Images larger than the model input are predicted in overlapping windows whose softmax
+outputs are blended with a Gaussian weight (highest at a window's centre, where the
+network sees the most context), as nnU-Net does, so no seams show at window borders.
+Windows go through the model in batches. Images smaller than a window are padded and
+cropped back.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from seglab import plots, sources
+from seglab.artifacts import atomic_file, write_text
+from seglab.data_loading import tile_starts
+
+
+@dataclass
+class Predictor:
+    model: object
+    classes: list
+    colors: list
+    normalization: dict
+    tile: int
+
+    @classmethod
+    def load(cls, model_path: str | Path, tile: int | None = None) -> "Predictor":
+        """The model and, from the JSON written beside it in training, its classes, colours and normalisation."""
+        from seglab.training import load_model
+
+        model_path = Path(model_path)
+        info_path = model_path.with_suffix(".json")
+        if not model_path.is_file():
+            raise FileNotFoundError(f"{model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{info_path}: missing; it is written beside the model by notebook 03")
+        info = json.loads(info_path.read_text())
+        if tile and tile != info["input_size"]:
+            raise ValueError(f"{model_path.name} takes {info['input_size']} px windows; --tile {tile} does not fit it")
+        return cls(load_model(model_path), info["classes"], info["colors"], info["normalization"], info["input_size"])
+
+
+def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """A 2-D Gaussian over the window, never zero, so every pixel has some weight."""
+    axis = np.arange(tile) - (tile - 1) / 2
+    g = np.exp(-(axis ** 2) / (2 * (tile * sigma_scale) ** 2))
+    weight = np.outer(g, g)
+    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+
+
+def predict_batch(model, batch, tta: bool = False) -> np.ndarray:
+    """Softmax for a batch; with ``tta`` the mean over the four flips, each flipped back."""
+    flips = [(), (2,), (1,), (1, 2)] if tta else [()]
+    total = 0
+    for axes in flips:
+        p = np.asarray(model.predict_on_batch(np.flip(batch, axes) if axes else batch))
+        total = total + (np.flip(p, axes) if axes else p)
+    return total / len(flips)
+
+
+def _normalize(pixels: np.ndarray, norm: dict) -> np.ndarray:
+    return pixels[..., norm["order"]].astype(np.float32) * np.float32(norm["scale"]) + np.float32(norm["offset"])
+
+
+def predict_image(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
+                  tta: bool = False) -> np.ndarray:
+    """Per-pixel class probabilities (H, W, C) for an RGB uint8 image of any size."""
+    tile = predictor.tile
+    height, width = image.shape[:2]
+    pad_h, pad_w = max(0, tile - height), max(0, tile - width)
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge")
+    x = _normalize(image, predictor.normalization)
+    corners = [(y, x0) for y in tile_starts(x.shape[0], tile, overlap) for x0 in tile_starts(x.shape[1], tile, overlap)]
+    weight = gaussian_weight(tile)[..., None]
+    total = np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32)
+    weights = np.zeros(x.shape[:2] + (1,), np.float32)
+    for start in range(0, len(corners), batch_size):
+        chunk = corners[start:start + batch_size]
+        windows = np.stack([x[y:y + tile, x0:x0 + tile] for y, x0 in chunk])
+        for (y, x0), p in zip(chunk, predict_batch(predictor.model, windows, tta)):
+            total[y:y + tile, x0:x0 + tile] += p * weight
+            weights[y:y + tile, x0:x0 + tile] += weight
+    return (total / weights)[:height, :width]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colors: list, alpha: float = 0.45) -> np.ndarray:
+    """The colour mask over the image; background (class 0) left clear."""
+    colored = plots.colorize(mask, colors).astype(np.float32)
+    blend = np.where(mask[..., None] > 0, (1 - alpha) * image + alpha * colored, image)
+    return blend.astype(np.uint8)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_file(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in sources.IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not found:
+        raise FileNotFoundError(f"{path}: no images (png, jpg, tif or bmp) in it")
+    return found
+
+
+def predict_folder(predictor: Predictor, inputs: str | Path, output: str | Path, overlap: float = 0.5,
+                   batch_size: int = 8, tta: bool = False, overlays: bool = True, log=print) -> dict:
+    """Write ``NAME_mask.png`` (class indices), ``NAME_color.png``, ``NAME_overlay.png`` and ``class_areas.csv``.
+
+    An unreadable image is reported by name and skipped; the others are still processed.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], {}
+    for path in tqdm(list_inputs(inputs), desc="predicting"):
+        try:
+            image = sources.read_image(path)
+        except sources.DataError as error:
+            failed[path.name] = str(error)
+            log(f"skipped {error}")
+            continue
+        mask = np.argmax(predict_image(predictor, image, overlap, batch_size, tta), -1).astype(np.uint8)
+        _save_png(output / f"{path.stem}_mask.png", mask)
+        _save_png(output / f"{path.stem}_color.png", plots.colorize(mask, predictor.colors))
+        if overlays:
+            _save_png(output / f"{path.stem}_overlay.png", overlay(image, mask, predictor.colors))
+        counts = np.bincount(mask.ravel(), minlength=len(predictor.classes))
+        rows.append({"image": path.name, "width": image.shape[1], "height": image.shape[0],
+                     **{f"pixels_{c}": int(n) for c, n in zip(predictor.classes, counts)},
+                     **{f"share_{c}": round(float(n) / mask.size, 6) for c, n in zip(predictor.classes, counts)}})
+    if rows:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(output / "class_areas.csv", buffer.getvalue())
+    return {"predicted": [r["image"] for r in rows], "failed": failed, "areas": rows}

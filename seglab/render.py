@@ -1,0 +1,102 @@
+"""``make render``: run the series on the demo config and commit-ready copies of the notebooks.
+
+People read the series on GitHub, so ``notebooks/`` holds the outputs of a real demo run:
+figures downscaled, TensorFlow's start-up log lines and progress bars dropped, no machine
+paths. The README's results section and figures come from the same run.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+from PIL import Image
+
+from seglab.artifacts import RunDir, atomic_file, write_text
+from seglab.runner import NOTEBOOK_DIR, run_series
+
+REPO = NOTEBOOK_DIR.parent
+NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|.*\d+it/s\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/(?!content/)[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+README_FIGURES = ("05_predictions_unet", "05_per_class_iou", "05_confusion_matrices", "03_training_curves")
+MAX_WIDTH = 900
+
+
+def downscale_png(data: bytes, max_width: int = MAX_WIDTH) -> bytes:
+    image = Image.open(io.BytesIO(data))
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def _strip_paths(text: str) -> str:
+    for path, short in ((str(REPO), "."), (sys.prefix, "<venv>"), (str(Path.home()), "~")):
+        text = text.replace(path, short)
+    return text
+
+
+def clean_notebook(nb):
+    """Drop the injected-parameters cell, log noise and machine paths; downscale images."""
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                kept = [line for line in out.text.replace("\r", "\n").splitlines(keepends=True) if not NOISE.match(line)]
+                out.text = _strip_paths("".join(kept))
+                if not out.text.strip():
+                    continue
+            if "data" in out:
+                if "image/png" in out.data:
+                    out.data["image/png"] = base64.b64encode(downscale_png(base64.b64decode(out.data["image/png"]))).decode()
+                for key in ("text/plain", "text/markdown"):
+                    if key in out.data:
+                        out.data[key] = _strip_paths(out.data[key])
+            outputs.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
+            for out in outputs:
+                text = out.get("text", "") + "".join(str(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+                if out.output_type == "error" or ABSOLUTE_PATH.search(text):
+                    raise ValueError(f"an output still holds an error or a machine path: {text[:200]!r}")
+    return nb
+
+
+def update_readme(run: RunDir, readme: Path = REPO / "README.md", figure_dir: Path = NOTEBOOK_DIR / "figures") -> None:
+    """Replace the README's demo-results section with this run's table and figures."""
+    from seglab import evaluation
+
+    report = evaluation.load_metrics(run)
+    figure_dir.mkdir(exist_ok=True)
+    for name in README_FIGURES:
+        data = downscale_png(run.path("figures", f"{name}.png").read_bytes(), 800)
+        atomic_file(figure_dir / f"{name}.png", lambda tmp: tmp.write_bytes(data))
+    timings = run.path("timings.txt").read_text().strip() if run.path("timings.txt").exists() else ""
+    images = "\n".join(f"![{n}](notebooks/figures/{n}.png)" for n in README_FIGURES)
+    section = (f"<!-- demo-results:start -->\n{evaluation.comparison_markdown(report)}\n\n{timings}\n\n{images}\n"
+               f"<!-- demo-results:end -->")
+    text = readme.read_text()
+    text = re.sub(r"<!-- demo-results:start -->.*<!-- demo-results:end -->", lambda _: section, text, flags=re.S)
+    write_text(readme, text)
+
+
+def render(config: str = "configs/demo.yaml", run_dir: str = "runs/render") -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    timings = run_series(config, run_dir=run_dir)
+    run = RunDir(Path(run_dir).resolve())
+    total = sum(timings.values())
+    write_text(run.path("timings.txt"), f"Whole series on the demo config: {total / 60:.1f} min on a 2-core CPU "
+               f"({', '.join(f'{k[:2]}: {v:.0f} s' for k, v in timings.items())}).")
+    for executed in sorted(run.path("notebooks").glob("*.ipynb")):
+        nb = clean_notebook(nbformat.read(executed, as_version=4))
+        atomic_file(NOTEBOOK_DIR / executed.name, lambda tmp: nbformat.write(nb, str(tmp)))
+    update_readme(run)

@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seglab import inference
+from seglab.backend import keras
+
+NORM = {"order": [0, 1, 2], "scale": [1 / 255] * 3, "offset": [0.0] * 3}
+COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+
+
+def _model(tile, kernel=5, seed=0):
+    """A small fully convolutional net whose zero padding makes window borders visible."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((tile, tile, 3))
+    x = keras.layers.Conv2D(8, kernel, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(3, kernel, padding="same")(x)
+    return keras.Model(inputs, keras.layers.Activation("softmax", dtype="float32")(x))
+
+
+def _predictor(tile=32):
+    return inference.Predictor(_model(tile), ["background", "a", "b"], COLORS, NORM, tile)
+
+
+def test_one_window_equals_a_plain_model_predict():
+    predictor = _predictor()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    tiled = inference.predict_image(predictor, image)
+    plain = predictor.model.predict(image[None].astype(np.float32) / 255, verbose=0)[0]
+    np.testing.assert_allclose(tiled, plain, atol=1e-5)
+
+
+def _max_jump_inside_regions(probs, boundaries, margin=4):
+    jumps = np.abs(np.diff(probs, axis=1)).max(-1)
+    keep = np.ones(jumps.shape[1], bool)
+    for b in boundaries:
+        keep[max(0, b - margin):b + margin] = False
+    return jumps[:, keep].max()
+
+
+def test_blended_windows_leave_no_seams():
+    predictor = _predictor()
+    image = np.zeros((160, 200, 3), np.uint8)  # constant per region: three vertical bands
+    image[:, :70] = (200, 40, 40)
+    image[:, 70:140] = (40, 200, 90)
+    image[:, 140:] = (90, 90, 220)
+    blended = inference.predict_image(predictor, image, overlap=0.5)
+    # the same windows stitched with hard cuts, no overlap, no blending: seams at every window border
+    hard = np.zeros_like(blended)
+    for y in range(0, 160, 32):
+        for x in range(0, 200 - 32 + 1, 32):
+            window = image[y:y + 32, x:x + 32][None].astype(np.float32) / 255
+            hard[y:y + 32, x:x + 32] = predictor.model.predict(window, verbose=0)[0]
+    boundaries = [70, 140]
+    seams = _max_jump_inside_regions(hard[8:-8, :192], [0, *boundaries, 191])  # image edges are not seams
+    smooth = _max_jump_inside_regions(blended[8:-8], [0, *boundaries, 199])
+    assert seams > 0.02  # the model does see window borders
+    assert smooth < seams / 4
+
+
+@pytest.mark.parametrize("shape", [(17, 23), (17, 23, 3), (70, 45, 3), (33, 97)])
+def test_odd_sizes_grey_and_rgb(shape):
+    predictor = _predictor()
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image
+    probs = inference.predict_image(predictor, rgb, overlap=0.25, batch_size=3)
+    assert probs.shape == shape[:2] + (3,)
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-5)
+
+
+def test_predict_cli_reads_the_sidecar_and_skips_unreadable_files(tmp_path):
+    model_path = tmp_path / "models" / "tiny.keras"
+    model_path.parent.mkdir()
+    _model(32).save(str(model_path))
+    model_path.with_suffix(".json").write_text(json.dumps(
+        {"classes": ["background", "a", "b"], "colors": COLORS, "normalization": NORM, "input_size": 32}))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (50, 61, 3), dtype=np.uint8)).save(inputs / "good.png")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(inputs / "grey16.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "seglab", "predict", "--model", str(model_path),
+                             "--input", str(inputs), "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1  # something failed, and the caller can tell
+    assert "broken.png: unreadable or truncated image" in result.stderr
+    assert "2 image(s) segmented" in result.stdout
+    mask = np.asarray(Image.open(out / "good_mask.png"))
+    color = np.asarray(Image.open(out / "good_color.png"))
+    assert mask.shape == (50, 61) and color.shape == (50, 61, 3)
+    np.testing.assert_array_equal(color, np.asarray(COLORS, np.uint8)[mask])  # the sidecar's palette
+    assert (out / "good_overlay.png").exists() and (out / "grey16_mask.png").exists()
+    rows = (out / "class_areas.csv").read_text().splitlines()
+    assert rows[0].startswith("image,width,height,pixels_background") and len(rows) == 3
+    assert not any(p.name.startswith("broken") for p in out.iterdir())
+
+
+def test_predict_cli_rejects_a_tile_the_model_cannot_take(tmp_path):
+    model_path = tmp_path / "m.keras"
+    _model(32).save(str(model_path))
+    model_path.with_suffix(".json").write_text(json.dumps(
+        {"classes": ["a", "b", "c"], "colors": COLORS, "normalization": NORM, "input_size": 32}))
+    result = subprocess.run([sys.executable, "-m", "seglab", "predict", "--model", str(model_path), "--input",
+                             str(tmp_path), "--output", str(tmp_path / "o"), "--tile", "64"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "takes 32 px windows; --tile 64 does not fit it" in result.stderr
