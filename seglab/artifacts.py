@@ -33,6 +33,10 @@ STEPS = {
 _PACKAGES = ("tensorflow", "tf-keras", "segmentation-models", "numpy", "scikit-learn", "opencv-python-headless")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class MissingInput(RuntimeError):
     """An earlier step's output is absent or stale; the message names the notebook to run."""
 
@@ -53,6 +57,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

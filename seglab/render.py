@@ -31,7 +31,7 @@ def downscale_png(data: bytes, max_width: int = MAX_WIDTH) -> bytes:
     if image.width > max_width:
         image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
     out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG", optimize=True)
+    image.convert("RGB").quantize(256).save(out, format="PNG", optimize=True)  # plots need few colours
     return out.getvalue()
 
 
@@ -96,6 +96,11 @@ def render(config: str = "configs/demo.yaml", run_dir: str = "runs/render") -> N
     total = sum(timings.values())
     write_text(run.path("timings.txt"), f"Whole series on the demo config: {total / 60:.1f} min on a 2-core CPU "
                f"({', '.join(f'{k[:2]}: {v:.0f} s' for k, v in timings.items())}).")
+    publish(run)
+
+
+def publish(run: RunDir) -> None:
+    """Clean copies of the run's executed notebooks into notebooks/, and its results into the README."""
     for executed in sorted(run.path("notebooks").glob("*.ipynb")):
         nb = clean_notebook(nbformat.read(executed, as_version=4))
         atomic_file(NOTEBOOK_DIR / executed.name, lambda tmp: nbformat.write(nb, str(tmp)))
