@@ -33,6 +33,7 @@ def main():
     cfg, run = open_run(args.config)
     manifest = data_loading.load_manifest(run)
     weights = class_weights.load_class_weights(run)["weights"]
+    training.set_precision(cfg.train.mixed_precision)  # time what training would run
     n, batch = len(manifest["classes"]), cfg.train.batch_size
     norm = pipeline.encoder_normalization(cfg.model.backbone)
     images, masks = data_loading.split_paths(run, manifest, "train")

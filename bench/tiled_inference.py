@@ -26,7 +26,7 @@ def timed(fn) -> float:
 def naive(predictor, image, overlap):
     """What people write first: a predict call per window."""
     tile = predictor.tile
-    x = inference._normalize(image, predictor.normalization)
+    x = pipeline.normalize(image, predictor.normalization).numpy()
     weight = inference.gaussian_weight(tile)[..., None]
     total = np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32)
     weights = np.zeros(x.shape[:2] + (1,), np.float32)

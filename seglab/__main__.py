@@ -57,7 +57,7 @@ def _predict(args) -> int:
         result = inference.predict_folder(predictor, args.input, args.output, args.overlap, args.batch_size,
                                           args.tta, overlays=not args.no_overlays,
                                           log=lambda line: print(line, file=sys.stderr))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{len(result['predicted'])} image(s) segmented into {args.output}"

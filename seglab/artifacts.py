@@ -145,6 +145,12 @@ class RunDir:
         write_json(self.manifest_path, manifest)
         return entry
 
+    def start(self, step: str) -> None:
+        """Forget ``step``'s record before it rewrites its outputs: a run cut off half-way is not trusted."""
+        manifest = self.manifest()
+        if manifest["steps"].pop(step, None) is not None:
+            write_json(self.manifest_path, manifest)
+
     def require(self, step: str) -> dict:
         """Return ``step``'s record, or stop naming the notebook that must run first."""
         steps = self.manifest()["steps"]

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from seglab import data_loading
 from seglab.artifacts import RunDir, read_json, write_json
+from seglab.config import WEIGHT_SCHEMES
 
-SCHEMES = ("balanced", "median_frequency", "inverse_sqrt", "none")
 
 
 def pixel_counts(mask_paths, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def compute_weights(counts, scheme: str, max_ratio: float | None = None, present
         weights[present] = 1 / np.sqrt(share)
         weights[present] /= weights[present].mean()
     elif scheme != "none":
-        raise ValueError(f"unknown class weight scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+        raise ValueError(f"unknown class weight scheme {scheme!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
     if not present.all():
         missing = [names[i] for i in np.flatnonzero(~present)]
         warnings.warn(f"class(es) {', '.join(missing)} have no pixels in the training split; "
@@ -78,6 +78,7 @@ def write_class_weights(run: RunDir, cfg) -> dict:
     weights = compute_weights(counts, scheme.scheme, scheme.max_ratio, present_in, manifest["classes"])
     result = {"scheme": scheme.scheme, "max_ratio": scheme.max_ratio, "classes": manifest["classes"],
               "counts": counts.tolist(), "share": (counts / counts.sum()).tolist(), "weights": weights.tolist()}
+    run.start("class_weights")
     write_json(run.path("class_weights.json"), result)
     run.record("class_weights", {"class_weights": "class_weights.json"}, config=cfg, inputs=("data",))
     return result

@@ -18,7 +18,7 @@ def in_colab() -> bool:
 def install_commands() -> list[list[str]]:
     major, minor = metadata.version("tensorflow").split(".")[:2]
     return [[sys.executable, "-m", "pip", "install", "-q", f"tf-keras~={major}.{minor}.0",
-             "segmentation-models==1.0.1", "PyYAML", "papermill"]]
+             "segmentation-models==1.0.1", "scikit-image>=0.26", "PyYAML", "papermill"]]
 
 
 def setup_colab(mount_drive: bool = False, run=subprocess.run) -> list[list[str]]:

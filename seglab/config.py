@@ -13,6 +13,7 @@ from typing import Any, Optional
 import yaml
 
 ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet")
+WEIGHT_SCHEMES = ("balanced", "median_frequency", "inverse_sqrt", "none")
 
 
 class ConfigError(ValueError):
@@ -133,7 +134,7 @@ def validate(cfg: Config) -> Config:
     choices = {
         "data.source": (cfg.data.source, ("demo", "folder", "oxford_pets")),
         "data.mode": (cfg.data.mode, ("resize", "tile")),
-        "class_weights.scheme": (cfg.class_weights.scheme, ("balanced", "median_frequency", "inverse_sqrt", "none")),
+        "class_weights.scheme": (cfg.class_weights.scheme, WEIGHT_SCHEMES),
         "train.schedule": (cfg.train.schedule, ("plateau", "cosine")),
         "train.loss": (cfg.train.loss, ("dice", "dice+focal", "dice+crossentropy")),
         "train.strategy": (cfg.train.strategy, ("auto", "default", "mirrored")),
@@ -149,8 +150,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.architectures={cfg.model.architectures} must be a non-empty list of {', '.join(ARCHITECTURES)}")
     if cfg.data.source == "folder" and not cfg.data.root:
         raise ConfigError("data.source=folder needs data.root, the folder holding images/, masks/ and classes.json")
-    if not 0 <= cfg.data.tile_overlap < 1:
-        raise ConfigError(f"data.tile_overlap={cfg.data.tile_overlap} must be in [0, 1)")
+    for key, overlap in (("data.tile_overlap", cfg.data.tile_overlap), ("inference.tile_overlap", cfg.inference.tile_overlap)):
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"{key}={overlap} must be in [0, 1)")
     if cfg.data.val_fraction <= 0 or cfg.data.test_fraction <= 0 or cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError("data.val_fraction and data.test_fraction must be positive and sum to less than 1")
     return cfg

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from seglab import sources
 from seglab.artifacts import RunDir, atomic_dir
 from seglab.config import Config
-from seglab.demo_data import generate_demo_dataset
+from seglab import demo_data
 
 SPLITS = ("train", "val", "test")
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -29,8 +29,8 @@ def resolve_source(cfg: Config) -> Path:
     """The folder-layout root for the configured source, generating or downloading it if needed."""
     data = cfg.data
     if data.source == "demo":
-        name = f"demo_n{data.demo.num_images}_s{data.demo.image_size}_seed{cfg.seed}"
-        return generate_demo_dataset(Path(data.download_dir).parent / "generated" / name,
+        name = f"demo_v{demo_data.VERSION}_n{data.demo.num_images}_s{data.demo.image_size}_seed{cfg.seed}"
+        return demo_data.generate_demo_dataset(Path(data.download_dir).parent / "generated" / name,
                                      data.demo.num_images, data.demo.image_size, cfg.seed)
     if data.source == "oxford_pets":
         return sources.prepare_oxford_pets(data.download_dir, data.base_url)
@@ -53,11 +53,18 @@ def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray,
 
 
 def preprocess(image: np.ndarray, mask: np.ndarray, size: int, mode: str, overlap: float):
-    """Yield ``(origin, image, mask)`` pieces of ``size`` x ``size``; masks only ever by nearest neighbour."""
-    height, width = mask.shape
-    if mode == "resize" or height < size or width < size:
+    """Yield ``(origin, image, mask)`` pieces of ``size`` x ``size``; masks only ever by nearest neighbour.
+
+    In tile mode a side shorter than a tile is mirror-padded (image and mask alike), so the
+    scale is never changed; a mirrored object is still correctly labelled.
+    """
+    if mode == "resize":
         yield None, *_resize(image, mask, size)
         return
+    pad = ((0, max(0, size - mask.shape[0])), (0, max(0, size - mask.shape[1])))
+    if any(p for _, p in pad):
+        image, mask = np.pad(image, pad + ((0, 0),), mode="symmetric"), np.pad(mask, pad, mode="symmetric")
+    height, width = mask.shape
     for y in tile_starts(height, size, overlap):
         for x in tile_starts(width, size, overlap):
             yield (y, x), image[y:y + size, x:x + size], mask[y:y + size, x:x + size]
@@ -74,8 +81,20 @@ def split_sources(stems: list[str], val: float, test: float, seed: int) -> dict[
     return {**{s: "train" for s in train_ids}, **{s: "val" for s in val_ids}, **{s: "test" for s in test_ids}}
 
 
+def pixel_scale(sizes: dict, size: int, mode: str) -> list[float]:
+    """How much the model's pixels are magnified against the source's, per axis (median over images).
+
+    Prediction on new images applies the same scale, so objects appear at the size the model
+    learned them: 1 for tiles, ``size / side`` for resized images.
+    """
+    if mode == "tile" or not sizes:
+        return [1.0, 1.0]
+    heights, widths = np.array(list(sizes.values()), np.float64).T
+    return [float(np.median(size / heights)), float(np.median(size / widths))]
+
+
 def prepare_dataset(cfg: Config, run: RunDir) -> dict:
-    """Run step 01 and record it; nothing in the run folder changes unless every input is good."""
+    """Run step 01 and record it; the previous dataset stays in place unless every input is good."""
     root = resolve_source(cfg)
     classes = sources.read_classes(root / "classes.json")
     pairs = sources.find_pairs(root)[: cfg.data.max_images]
@@ -102,6 +121,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
             "colors": colors,
             "image_size": cfg.data.image_size,
             "mode": cfg.data.mode,
+            "pixel_scale": pixel_scale(source_sizes, cfg.data.image_size, cfg.data.mode),
             "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
             "seed": cfg.seed,
             "splits": {s: {"sources": sum(v == s for v in split_of.values()),
@@ -110,6 +130,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
             "items": items,
         }
         (out / "dataset.json").write_text(json.dumps(manifest, indent=1))
+        run.start("data")  # every input was good: the old dataset is replaced next
     run.record("data", {"dataset": "dataset/dataset.json"}, config=cfg)
     return manifest
 
@@ -119,9 +140,13 @@ def load_manifest(run: RunDir) -> dict:
     return json.loads(run.output("data", "dataset").read_text())
 
 
+def split_ids(manifest: dict, split: str) -> list[str]:
+    return [i["id"] for i in manifest["items"] if i["split"] == split]
+
+
 def split_paths(run: RunDir, manifest: dict, split: str) -> tuple[list[str], list[str]]:
     base = run.path("dataset")
-    ids = [i["id"] for i in manifest["items"] if i["split"] == split]
+    ids = split_ids(manifest, split)
     return [str(base / "images" / f"{i}.png") for i in ids], [str(base / "masks" / f"{i}.png") for i in ids]
 
 
@@ -143,8 +168,9 @@ def sample_figure(run: RunDir, manifest: dict, count: int = 6):
 
     images, masks = split_paths(run, manifest, "train")
     rows = [[np.asarray(Image.open(images[i])), np.asarray(Image.open(masks[i]))] for i in range(min(count, len(images)))]
-    pairs = [rows[i] + rows[i + 1] for i in range(0, len(rows) - 1, 2)]
-    return plots.image_grid(pairs, ["image", "mask"] * 2, manifest["classes"], manifest["colors"])
+    columns = 2 if len(rows) > 1 else 1
+    pairs = [sum(rows[i:i + columns], []) for i in range(0, len(rows) - columns + 1, columns)]
+    return plots.image_grid(pairs, ["image", "mask"] * columns, manifest["classes"], manifest["colors"])
 
 
 def frequency_figure(manifest: dict):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from seglab.artifacts import atomic_dir
 
+VERSION = 2  # part of the cache folder's name: bump it whenever the generated images change
 CLASSES = ["background", "disc", "bar", "speck"]
 COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]
 
@@ -66,8 +67,11 @@ def make_sample(rng: np.random.Generator, size: int, object_scale: int | None = 
     for _ in range(int(rng.integers(2, 7) * crowd)):  # specks: the rare class
         cx, cy = rng.integers(0, size, 2)
         radius = int(rng.integers(1, max(2, unit // 40) + 1))
-        cv2.circle(mask, (int(cx), int(cy)), radius, 3, -1)
-        image[mask == 3] = _hsv_color(rng, rng.normal(28, 4), (150, 255), (200, 255))
+        layer = np.zeros((size, size), np.uint8)
+        cv2.circle(layer, (int(cx), int(cy)), radius, 1, -1)
+        on = layer.astype(bool)
+        mask[on] = 3
+        image[on] = _hsv_color(rng, rng.normal(28, 4), (150, 255), (200, 255))
     image += rng.normal(0, 12, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 

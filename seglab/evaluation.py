@@ -50,9 +50,12 @@ def score_split(predictions, truths, classes) -> dict:
 
 
 def per_image_iou(predictions, truths, ids, num_classes) -> dict:
-    """Mean IoU of each image over the classes in its truth or prediction: finds the best and worst."""
-    return {i: metrics.scores(metrics.confusion_matrix(t, p, num_classes), list(range(num_classes)))["mean_iou"]
-            for i, t, p in zip(ids, truths, predictions)}
+    """Mean IoU of each image over the classes in its truth or prediction, so an invented object counts."""
+    result = {}
+    for i, t, p in zip(ids, truths, predictions):
+        ious = metrics.scores(metrics.confusion_matrix(t, p, num_classes), list(range(num_classes)))["per_class_iou"]
+        result[i] = float(np.mean([v for v in ious.values() if v is not None]))
+    return result
 
 
 def _variants(cfg):
@@ -90,7 +93,7 @@ def evaluate_model(model, summary: dict, cfg, run: RunDir, manifest: dict) -> tu
         table[_name(variant)] = {**variant, **row}
     simplest_first = lambda k: (table[k]["val_mean_iou"], -(table[k]["tta"] + bool(table[k]["min_component_size"]) + table[k]["opening"]))
     chosen = max(table, key=simplest_first)  # on a tie, the variant with fewer options
-    ids = [i["id"] for i in manifest["items"] if i["split"] == "test"]
+    ids = data_loading.split_ids(manifest, "test")
     plain = score_split(table["plain"]["test"], truths["test"], classes)
     after = score_split(table[chosen]["test"], truths["test"], classes)
     result = {
@@ -107,7 +110,8 @@ def evaluate_all(cfg, run: RunDir, log=print) -> dict:
     """Score every trained model on the test split; write metrics.json, comparison.csv and predictions/."""
     manifest = data_loading.load_manifest(run)
     summaries = training.load_training(run)
-    ids = [i["id"] for i in manifest["items"] if i["split"] == "test"]
+    ids = data_loading.split_ids(manifest, "test")
+    run.start("evaluation")
     results = {}
     with atomic_dir(run.path("predictions")) as out:
         for arch, summary in summaries.items():

@@ -4,7 +4,8 @@ Images larger than the model input are predicted in overlapping windows whose so
 outputs are blended with a Gaussian weight (highest at a window's centre, where the
 network sees the most context), as nnU-Net does, so no seams show at window borders.
 Windows go through the model in batches. Images smaller than a window are padded and
-cropped back.
+cropped back. A model trained on resized images sees new images resized by the same
+factor first (``pixel_scale``), so objects have the size it learned them at.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seglab import plots, sources
+from seglab import pipeline, plots, sources
 from seglab.artifacts import atomic_file, write_text
 from seglab.data_loading import tile_starts
 
@@ -30,6 +32,7 @@ class Predictor:
     colors: list
     normalization: dict
     tile: int
+    scale: tuple = (1.0, 1.0)  # model pixels per source pixel, per axis, as in training
 
     @classmethod
     def load(cls, model_path: str | Path, tile: int | None = None) -> "Predictor":
@@ -45,7 +48,8 @@ class Predictor:
         info = json.loads(info_path.read_text())
         if tile and tile != info["input_size"]:
             raise ValueError(f"{model_path.name} takes {info['input_size']} px windows; --tile {tile} does not fit it")
-        return cls(load_model(model_path), info["classes"], info["colors"], info["normalization"], info["input_size"])
+        return cls(load_model(model_path), info["classes"], info["colors"], info["normalization"], info["input_size"],
+                   tuple(info.get("pixel_scale", (1.0, 1.0))))
 
 
 def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -66,19 +70,27 @@ def predict_batch(model, batch, tta: bool = False) -> np.ndarray:
     return total / len(flips)
 
 
-def _normalize(pixels: np.ndarray, norm: dict) -> np.ndarray:
-    return pixels[..., norm["order"]].astype(np.float32) * np.float32(norm["scale"]) + np.float32(norm["offset"])
-
-
 def predict_image(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
                   tta: bool = False) -> np.ndarray:
     """Per-pixel class probabilities (H, W, C) for an RGB uint8 image of any size."""
+    height, width = image.shape[:2]
+    sy, sx = predictor.scale
+    if (sy, sx) == (1.0, 1.0):
+        return sliding_windows(predictor, image, overlap, batch_size, tta)
+    scaled = cv2.resize(image, (max(1, round(width * sx)), max(1, round(height * sy))),
+                        interpolation=cv2.INTER_AREA if sx * sy < 1 else cv2.INTER_LINEAR)
+    probabilities = sliding_windows(predictor, scaled, overlap, batch_size, tta)
+    return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+
+
+def sliding_windows(predictor: Predictor, image: np.ndarray, overlap: float, batch_size: int, tta: bool) -> np.ndarray:
+    """Gaussian-blended window predictions at the image's own scale."""
     tile = predictor.tile
     height, width = image.shape[:2]
     pad_h, pad_w = max(0, tile - height), max(0, tile - width)
     if pad_h or pad_w:
         image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge")
-    x = _normalize(image, predictor.normalization)
+    x = pipeline.normalize(image, predictor.normalization).numpy()
     corners = [(y, x0) for y in tile_starts(x.shape[0], tile, overlap) for x0 in tile_starts(x.shape[1], tile, overlap)]
     weight = gaussian_weight(tile)[..., None]
     total = np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32)
@@ -111,10 +123,7 @@ def list_inputs(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    found = sorted(p for p in path.iterdir() if p.suffix.lower() in sources.IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not found:
-        raise FileNotFoundError(f"{path}: no images (png, jpg, tif or bmp) in it")
-    return found
+    return list(sources.image_files(path).values())  # one output name per stem: a.png and a.jpg would clash
 
 
 def predict_folder(predictor: Predictor, inputs: str | Path, output: str | Path, overlap: float = 0.5,
@@ -124,9 +133,10 @@ def predict_folder(predictor: Predictor, inputs: str | Path, output: str | Path,
     An unreadable image is reported by name and skipped; the others are still processed.
     """
     output = Path(output)
+    files = list_inputs(inputs)
     output.mkdir(parents=True, exist_ok=True)
     rows, failed = [], {}
-    for path in tqdm(list_inputs(inputs), desc="predicting"):
+    for path in tqdm(files, desc="predicting"):
         try:
             image = sources.read_image(path)
         except sources.DataError as error:

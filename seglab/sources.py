@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from seglab.artifacts import atomic_dir, atomic_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+Image.MAX_IMAGE_PIXELS = 2**31  # aerial scenes and slides are large; Pillow's default stops at 179 MP
 
 
 class DataError(ValueError):
@@ -33,9 +34,6 @@ class DataError(ValueError):
 class ClassInfo:
     names: list
     colors: Optional[list]  # RGB per class; required only for RGB masks
-
-    def to_dict(self) -> dict:
-        return {"classes": self.names, "colors": self.colors}
 
 
 def read_classes(path: str | Path) -> ClassInfo:
@@ -75,7 +73,7 @@ def _open(path: Path) -> Image.Image:
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8; grey is repeated to three channels, 16-bit is stretched per image."""
     path = Path(path)
-    image = _open(path)
+    image = ImageOps.exif_transpose(_open(path))  # phone photos are stored sideways with a rotation tag
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         low, high = np.percentile(values, (0.5, 99.5))
@@ -93,6 +91,10 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
     path = Path(path)
     image = _open(path)
     n = len(classes.names)
+    if image.mode == "LA":
+        image = image.getchannel("L")
+    if image.mode in ("P", "PA") and classes.colors is not None:
+        image = image.convert("RGB")  # the palette's order need not be the class order: map by colour
     if image.mode in ("RGB", "RGBA"):
         rgb = np.asarray(image.convert("RGB"))
         if classes.colors is None:
@@ -127,16 +129,7 @@ def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
         folder = root / sub
         if not folder.is_dir():
             raise DataError(f"{folder}: folder missing; expected {root}/images and {root}/masks")
-        files = {}
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
-                continue
-            if f.stem in files:
-                raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
-            files[f.stem] = f
-        if not files:
-            raise DataError(f"{folder}: no images (png, jpg, tif or bmp) in it")
-        listing[sub] = files
+        listing[sub] = image_files(folder)
     images, masks = listing["images"], listing["masks"]
     no_mask = sorted(set(images) - set(masks))
     if no_mask:
@@ -145,6 +138,20 @@ def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     if no_image:
         raise DataError(f"{masks[no_image[0]]}: no image with the same name in {root / 'images'} ({len(no_image)} such mask(s))")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    """Image files in ``folder`` by stem; two files with one stem would be ambiguous."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
+            continue
+        if f.stem in files:
+            raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
+        files[f.stem] = f
+    if not files:
+        raise DataError(f"{folder}: no images (png, jpg, tif or bmp) in it")
+    return files
 
 
 def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo) -> tuple[np.ndarray, np.ndarray]:

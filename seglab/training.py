@@ -59,14 +59,19 @@ def build_model(arch: str, backbone: str, num_classes: int, input_size: int, enc
 
     try:
         base = make(encoder_weights)
-    except Exception as error:  # keras' get_file wraps network failures in plain Exceptions
-        if not encoder_weights or "fetch failure" not in str(error).lower() and not isinstance(error, OSError):
+    except Exception as error:  # keras' get_file raises plain Exceptions
+        if not (encoder_weights and _download_failed(error)):
             raise
         log(f"{encoder_weights} weights for {backbone} could not be downloaded ({_first_line(error)}); "
             f"training {arch} from random initialisation.")
         base = make(None)
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(base.output)
     return keras.Model(base.input, probabilities, name=f"{arch}_{backbone}")
+
+
+def _download_failed(error: Exception) -> bool:
+    """No network, an HTTP error, or a file that failed its checksum (a proxy's error page)."""
+    return isinstance(error, OSError) or any(s in str(error).lower() for s in ("fetch failure", "corrupted file"))
 
 
 def _first_line(error: Exception) -> str:
@@ -132,7 +137,6 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     """Train one architecture; write ``models/ARCH.keras`` and ``history/ARCH.json``; return a summary."""
     manifest = data_loading.load_manifest(run)
     num_classes, size = len(manifest["classes"]), manifest["image_size"]
-    check_input_size(arch, size, cfg.model.pspnet_downsample_factor)
     strategy = strategy or choose_strategy(cfg.train.strategy)
     global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
     norm = pipeline.encoder_normalization(cfg.model.backbone)
@@ -181,7 +185,7 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
     write_json(model_path.with_suffix(".json"), {  # what prediction needs, beside the model
         "architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
-        "colors": manifest["colors"], "normalization": norm, "input_size": size, "data_mode": manifest["mode"]})
+        "colors": manifest["colors"], "normalization": norm, "input_size": size, "pixel_scale": manifest["pixel_scale"]})
     epochs = _logged_epochs(log_csv)
     summary = {
         "architecture": arch, "backbone": cfg.model.backbone, "model": f"models/{arch}.keras",
@@ -197,10 +201,11 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
 
 def train_all(cfg, run: RunDir, log=print) -> dict:
     """Train every configured architecture in turn and record the step."""
-    for arch in cfg.model.architectures:
-        check_input_size(arch, cfg.data.image_size, cfg.model.pspnet_downsample_factor)
-    run.require("data")
+    size = data_loading.load_manifest(run)["image_size"]
+    for arch in cfg.model.architectures:  # all sizes checked before the first model trains
+        check_input_size(arch, size, cfg.model.pspnet_downsample_factor)
     weights = read_json(run.output("class_weights", "class_weights"))["weights"]
+    run.start("training")
     set_precision(cfg.train.mixed_precision)
     strategy = choose_strategy(cfg.train.strategy)
     summaries = {}
@@ -237,7 +242,7 @@ def curves_figure(run: RunDir, architectures):
         loss_ax.plot(x, [e["val_loss"] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
         iou_ax.plot(x, [e["iou_score"] for e in epochs], color=line.get_color(), label=f"{arch} train")
         iou_ax.plot(x, [e[MONITOR] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (Dice + focal)")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: validation)")
     iou_ax.set(xlabel="epoch", ylabel="IoU", title="IoU (solid: train, dashed: validation)", ylim=(0, 1))
     iou_ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

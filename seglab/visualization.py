@@ -61,10 +61,6 @@ def per_class_iou_figure(report: dict):
     return fig
 
 
-def test_ids(manifest: dict) -> list[str]:
-    return [i["id"] for i in manifest["items"] if i["split"] == "test"]
-
-
 def load_inputs(run: RunDir) -> tuple[dict, dict]:
     """The dataset manifest and the metrics, as notebooks 01 and 04 wrote them."""
     from seglab import evaluation

@@ -37,6 +37,19 @@ def test_record_refuses_outputs_that_are_not_there(tmp_path):
         RunDir(tmp_path).record("gpu_check", {"env": "env.json"})
 
 
+def test_a_step_started_again_is_not_trusted_until_it_records(tmp_path):
+    run = RunDir(tmp_path)
+    write_json(run.path("env.json"), {})
+    run.record("gpu_check", {"env": "env.json"})
+    write_json(run.path("dataset.json"), {})
+    run.record("data", {"dataset": "dataset.json"}, inputs=("gpu_check",))
+    run.start("gpu_check")  # e.g. cut off half-way through rewriting its outputs
+    with pytest.raises(MissingInput, match="Run notebook 00_gpu_check.ipynb first"):
+        run.require("gpu_check")
+    with pytest.raises(MissingInput, match="01_data_loading_and_preprocessing.ipynb again"):
+        run.require("data")
+
+
 def test_require_detects_deleted_and_stale_inputs(tmp_path):
     run = RunDir(tmp_path)
     write_json(run.path("env.json"), {})

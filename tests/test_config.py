@@ -35,7 +35,8 @@ def test_overrides_are_applied_in_order_with_yaml_types(tmp_path, monkeypatch):
     ("data.source=s3", "data.source='s3' is not one of"),
     ("model.architectures=[unet, segformer]", "model.architectures"),
     ("data.source=folder", "needs data.root"),
-    ("data.tile_overlap=1.5", "tile_overlap"),
+    ("data.tile_overlap=1.5", "data.tile_overlap=1.5 must be in"),
+    ("inference.tile_overlap=-0.5", "inference.tile_overlap=-0.5 must be in"),
     ("train=3", "train must be a mapping"),
     ("nonsense", "must look like section.key=value"),
 ])

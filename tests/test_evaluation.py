@@ -50,3 +50,12 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config):
     assert result["variants"][chosen]["test_mean_iou"] < result["variants"]["plain"]["test_mean_iou"]
     assert result["mean_iou"] == 1.0 and result["with_selected"]["mean_iou"] < 1.0  # reported before and after
     assert labels[0][0, 0] == 0
+
+
+def test_per_image_iou_counts_invented_objects():
+    truth = np.zeros((10, 10), np.uint8)
+    invented = truth.copy()
+    invented[:2, :2] = 1
+    scores = evaluation.per_image_iou([truth, invented], [truth, truth], ["clean", "invented"], 2)
+    assert scores["clean"] == 1.0
+    assert scores["invented"] == (0.96 + 0.0) / 2  # background 96/100 and the invented class 0

@@ -108,3 +108,15 @@ def test_predict_cli_rejects_a_tile_the_model_cannot_take(tmp_path):
                              str(tmp_path), "--output", str(tmp_path / "o"), "--tile", "64"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "takes 32 px windows; --tile 64 does not fit it" in result.stderr
+
+
+def test_a_model_trained_on_resized_images_sees_new_images_at_that_scale():
+    predictor = _predictor()
+    predictor.scale = (0.5, 0.25)  # trained on images shrunk to half the height and a quarter the width
+    image = np.random.default_rng(3).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    probs = inference.predict_image(predictor, image)
+    assert probs.shape == (64, 128, 3)
+    shrunk = np.asarray(Image.fromarray(image).resize((32, 32), Image.BOX))  # one window at the model's scale
+    expected = predictor.model.predict(shrunk[None].astype(np.float32) / 255, verbose=0)[0]
+    np.testing.assert_allclose(probs[::2, ::4].mean(), expected.mean(), atol=1e-3)
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-4)

@@ -64,3 +64,27 @@ def test_too_few_images_to_split(tmp_path, make_config):
     cfg = make_config("data.source=folder", f"data.root={root}")
     with pytest.raises(data_loading.sources.DataError, match="at least 3"):
         data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))
+
+
+def test_tile_mode_pads_short_sides_instead_of_squashing():
+    image = np.arange(20 * 100 * 3, dtype=np.uint32).reshape(20, 100, 3).astype(np.uint8)
+    mask = (np.arange(100)[None, :].repeat(20, 0) // 34).astype(np.uint8)
+    pieces = list(data_loading.preprocess(image, mask, 32, "tile", 0.0))
+    assert [origin for origin, _, _ in pieces] == [(0, 0), (0, 32), (0, 64), (0, 68)]
+    _, first_image, first_mask = pieces[0]
+    np.testing.assert_array_equal(first_image[:20], image[:, :32])  # the real pixels, at their own scale
+    np.testing.assert_array_equal(first_mask[20:], first_mask[19::-1][:12])  # mirrored below
+
+
+def test_pixel_scale_records_how_resizing_magnified_the_sources():
+    assert data_loading.pixel_scale({"a": [200, 400], "b": [200, 400]}, 100, "resize") == [0.5, 0.25]
+    assert data_loading.pixel_scale({"a": [200, 400]}, 100, "tile") == [1.0, 1.0]
+
+
+def test_the_sample_figure_copes_with_a_single_training_image(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=3)
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    assert manifest["splits"]["train"]["items"] == 1
+    assert len(data_loading.sample_figure(run, manifest).axes) == 2

@@ -109,3 +109,27 @@ def test_bad_input_names_the_file_and_keeps_the_previous_output(tmp_path, make_c
     after = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
     assert after == before
     run.require("data")
+
+
+def test_palette_masks_are_mapped_by_colour_when_colours_are_given(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=1, rgb_masks=True)  # colours: bg black, a red, b blue
+    classes = sources.read_classes(root / "classes.json")
+    palette = Image.new("P", (4, 1))
+    palette.putpalette([0, 0, 255, 255, 0, 0, 0, 0, 0] + [0] * 759)  # palette order: blue, red, black
+    palette.putdata([0, 1, 2, 2])
+    palette.save(root / "masks" / "p.png")
+    np.testing.assert_array_equal(sources.read_mask(root / "masks" / "p.png", classes), [[2, 1, 0, 0]])
+
+
+def test_grey_with_alpha_masks_use_the_grey_channel(tmp_path):
+    classes = sources.ClassInfo(["background", "a", "b"], None)
+    Image.fromarray(np.stack([np.array([[0, 1], [2, 1]], np.uint8), np.full((2, 2), 255, np.uint8)], -1), "LA").save(tmp_path / "m.png")
+    np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[0, 1], [2, 1]])
+
+
+def test_exif_rotation_is_applied_to_images(tmp_path):
+    image = Image.fromarray(np.zeros((10, 30, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90": stored landscape, shown portrait
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    assert sources.read_image(tmp_path / "phone.jpg").shape == (30, 10, 3)

@@ -86,9 +86,12 @@ def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry)
     np.testing.assert_array_equal(conv.numpy(), expected["conv0/kernel:0"])
 
 
-def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch, resnet18_weights_entry):
-    entry, _, url = resnet18_weights_entry
-    monkeypatch.setitem(entry, "url", url + "missing.h5")  # the server answers 404
+@pytest.mark.parametrize("served", ["nothing", "an error page"])
+def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch, resnet18_weights_entry, served):
+    entry, folder, url = resnet18_weights_entry
+    if served == "an error page":  # e.g. a proxy answering 200 with HTML: fails the checksum
+        (folder / "weights.h5").write_text("<html>blocked</html>")
+    monkeypatch.setitem(entry, "url", url + "weights.h5")  # otherwise the server answers 404
     lines = []
     model = training.build_model("unet", "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
     assert len(lines) == 1
