@@ -16,6 +16,7 @@ import numpy as np
 
 from seglab import data_loading, pipeline
 from seglab.artifacts import RunDir, atomic_file, read_json, write_json
+from seglab.class_weights import load_class_weights
 from seglab.backend import keras, sm, tf
 from seglab.config import ConfigError
 
@@ -183,17 +184,16 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     export = keras.Model(model.inputs, model.outputs)  # uncompiled: no optimizer state in the export
     model_path = run.path("models", f"{arch}.keras")
     atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
-    write_json(model_path.with_suffix(".json"), {  # what prediction needs, beside the model
-        "architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
-        "colors": manifest["colors"], "normalization": norm, "input_size": size, "pixel_scale": manifest["pixel_scale"]})
+    info = {"architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
+            "colors": manifest["colors"], "normalization": norm, "input_size": size,
+            "pixel_scale": manifest["pixel_scale"]}
+    write_json(model_path.with_suffix(".json"), info)  # what prediction needs, beside the model
     epochs = _logged_epochs(log_csv)
     summary = {
-        "architecture": arch, "backbone": cfg.model.backbone, "model": f"models/{arch}.keras",
-        "epochs": len(epochs), "resumed": resumed, "seconds": round(seconds, 1),
-        "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+        **info, "model": f"models/{arch}.keras", "epochs": len(epochs), "resumed": resumed,
+        "seconds": round(seconds, 1), "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
         "precision": keras.mixed_precision.global_policy().name,
         "best_val_iou": max((e[MONITOR] for e in epochs), default=None),
-        "normalization": norm, "classes": manifest["classes"], "colors": manifest["colors"], "input_size": size,
     }
     write_json(run.path("history", f"{arch}.json"), {"summary": summary, "epochs": epochs})
     return summary
@@ -204,7 +204,7 @@ def train_all(cfg, run: RunDir, log=print) -> dict:
     size = data_loading.load_manifest(run)["image_size"]
     for arch in cfg.model.architectures:  # all sizes checked before the first model trains
         check_input_size(arch, size, cfg.model.pspnet_downsample_factor)
-    weights = read_json(run.output("class_weights", "class_weights"))["weights"]
+    weights = load_class_weights(run)["weights"]
     run.start("training")
     set_precision(cfg.train.mixed_precision)
     strategy = choose_strategy(cfg.train.strategy)
