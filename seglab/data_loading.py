@@ -47,9 +47,11 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
 
 
 def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image by area or linear, mask by centre-aligned nearest: INTER_NEAREST samples pixel corners
+    and would shift the mask by up to half an output pixel against its image."""
     shrink = image.shape[0] * image.shape[1] > size * size
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return image, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def preprocess(image: np.ndarray, mask: np.ndarray, size: int, mode: str, overlap: float):

@@ -29,6 +29,15 @@ def test_resizing_never_invents_classes():
         assert set(np.unique(msk)) <= {0, 2, 5}
 
 
+def test_resized_masks_stay_centred_on_their_images():
+    """9 -> 3 px: the image averages around columns 1, 4, 7, so the mask must sample those."""
+    mask = np.zeros((9, 9), np.uint8)
+    mask[:, [1, 4, 7]] = 2
+    image = np.zeros((9, 9, 3), np.uint8)
+    [(_, _, small)] = data_loading.preprocess(image, mask, 3, "resize", 0)
+    np.testing.assert_array_equal(small, np.full((3, 3), 2))
+
+
 def test_tiling_split_by_source_image_and_reproducible(tmp_path, make_config):
     root = write_folder_dataset(tmp_path / "d", n=10, size=(80, 100))
     cfg = make_config("data.source=folder", f"data.root={root}", "data.mode=tile", "data.image_size=32",
