@@ -87,9 +87,13 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
-    """Class indices (uint8) from an index mask (grey or palette PNG) or an RGB colour mask."""
+    """Class indices (uint8) from an index mask (grey or palette PNG) or an RGB colour mask.
+
+    The EXIF rotation is applied as for images: a mask drawn over an upright photo is saved
+    either upright without a tag or with the photo's tag copied, and both then line up.
+    """
     path = Path(path)
-    image = _open(path)
+    image = ImageOps.exif_transpose(_open(path))
     n = len(classes.names)
     if image.mode == "LA":
         image = image.getchannel("L")

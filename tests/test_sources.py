@@ -133,3 +133,20 @@ def test_exif_rotation_is_applied_to_images(tmp_path):
     exif[0x0112] = 6  # "rotate 90": stored landscape, shown portrait
     image.save(tmp_path / "phone.jpg", exif=exif)
     assert sources.read_image(tmp_path / "phone.jpg").shape == (30, 10, 3)
+
+
+@pytest.mark.parametrize("mask_kind", ["same EXIF tag", "saved upright without a tag"])
+def test_exif_rotation_keeps_masks_aligned_with_their_images(tmp_path, mask_kind):
+    stored = np.random.default_rng(0).integers(0, 256, (10, 30, 3), dtype=np.uint8)  # as the camera wrote it
+    labels = (stored[..., 0] > 127).astype(np.uint8)  # mask derived from the pixels: alignment is checkable
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 3  # "rotate 180": shown upside down relative to storage
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)  # PNG: no JPEG loss
+    if mask_kind == "same EXIF tag":
+        Image.fromarray(labels).save(tmp_path / "mask.png", exif=exif)
+    else:
+        Image.fromarray(np.rot90(labels, 2)).save(tmp_path / "mask.png")
+    image, mask = sources.read_pair(tmp_path / "photo.png", tmp_path / "mask.png",
+                                    sources.ClassInfo(["background", "bright"], None))
+    np.testing.assert_array_equal(image, np.rot90(stored, 2))
+    np.testing.assert_array_equal(mask, (image[..., 0] > 127).astype(np.uint8))
