@@ -12,15 +12,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes=("background", "a", "b"), rgb_masks=False,
-                         colors=None, seed=0) -> Path:
-    """A small dataset in the folder layout; masks hold each class in a band so counts are known."""
+                         colors=None, seed=0, grey=False) -> Path:
+    """A small dataset in the folder layout; masks hold each class in a band so counts are known.
+
+    ``size`` is one (height, width) or a list of them cycled over the images (mixed sizes);
+    ``grey`` writes single-channel (L) images, ``rgb_masks`` colour masks with ``colors``.
+    """
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     colors = colors or [[0, 0, 0], [255, 0, 0], [0, 0, 255], [0, 255, 0]][: len(classes)]
+    sizes = [size] if isinstance(size[0], int) else list(size)
     for i in range(n):
-        h, w = size
-        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        h, w = sizes[i % len(sizes)]
+        image = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
         mask = np.zeros((h, w), np.uint8)
         mask[:, w // 2:] = 1
         mask[: h // 4, :] = len(classes) - 1

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from seglab import data_loading
 from seglab.artifacts import RunDir
@@ -97,3 +98,22 @@ def test_the_sample_figure_copes_with_a_single_training_image(tmp_path, make_con
     manifest = data_loading.prepare_dataset(cfg, run)
     assert manifest["splits"]["train"]["items"] == 1
     assert len(data_loading.sample_figure(run, manifest).axes) == 2
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_grey_odd_and_mixed_size_images_with_colour_masks(tmp_path, make_config, mode):
+    sizes = [(37, 53), (29, 41), (64, 50)]  # odd, non-square, one side shorter than a tile
+    root = write_folder_dataset(tmp_path / "d", n=6, size=sizes, grey=True, rgb_masks=True)
+    cfg = make_config("data.source=folder", f"data.root={root}", f"data.mode={mode}", "data.image_size=32")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    per_source = [len(data_loading.tile_starts(max(h, 32), 32, cfg.data.tile_overlap)) *
+                  len(data_loading.tile_starts(max(w, 32), 32, cfg.data.tile_overlap)) for h, w in sizes]
+    assert len(manifest["items"]) == (6 if mode == "resize" else 2 * sum(per_source))
+    assert {tuple(s) for s in manifest["source"]["sizes"].values()} == set(sizes)
+    images, masks = data_loading.split_paths(run, manifest, "train")
+    for image_path, mask_path in zip(images, masks):
+        assert np.asarray(Image.open(image_path)).shape == (32, 32, 3)
+        assert set(np.unique(np.asarray(Image.open(mask_path)))) <= {0, 1, 2}
+    pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
+    assert pixels.sum() == len(manifest["items"]) * 32 * 32 and (pixels > 0).all()
