@@ -15,18 +15,19 @@ from tqdm import tqdm
 from seglab import data_loading
 from seglab.artifacts import RunDir, read_json, write_json
 from seglab.config import WEIGHT_SCHEMES
-
+from seglab.sources import IGNORE
 
 
 def pixel_counts(mask_paths, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of each class, and pixels of the images in which each class appears (for SegNet's scheme)."""
+    """Pixels of each class, and labelled pixels of the images in which each class appears (for
+    SegNet's scheme); ignored pixels (value 255) belong to no class and count for neither."""
     counts = np.zeros(num_classes, np.int64)
     present_in = np.zeros(num_classes, np.int64)
     for path in tqdm(mask_paths, desc="counting pixels"):
         mask = np.asarray(Image.open(path))
-        per_class = np.bincount(mask.ravel(), minlength=num_classes)
+        per_class = np.bincount(mask.ravel(), minlength=IGNORE + 1)[:num_classes]
         counts += per_class
-        present_in[per_class > 0] += mask.size
+        present_in[per_class > 0] += per_class.sum()
     return counts, present_in
 
 

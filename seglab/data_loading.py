@@ -1,8 +1,10 @@
 """Step 01: read a source, check it, resize or tile it, split it, and write the processed set.
 
-Output in the run folder: ``dataset/images/*.png``, ``dataset/masks/*.png`` (class indices)
-and ``dataset/dataset.json`` (classes, colours, split membership, pixel counts). The split
-is by source image, so tiles of one image never land on both sides.
+Output in the run folder: ``dataset/images/*.png``, ``dataset/masks/*.png`` (class indices,
+``sources.IGNORE`` = 255 for ignored pixels) and ``dataset/dataset.json`` (classes, colours,
+split membership, pixel counts without the ignored pixels, and ``ignore_index``: 255 when the
+source declares an ignore label, else null). The split is by source image, so tiles of one
+image never land on both sides.
 """
 from __future__ import annotations
 
@@ -116,11 +118,12 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
                 Image.fromarray(img).save(out / "images" / f"{item_id}.png")
                 Image.fromarray(msk).save(out / "masks" / f"{item_id}.png")
                 split = split_of[stem]
-                pixels[split] += np.bincount(msk.ravel(), minlength=n)
+                pixels[split] += np.bincount(msk.ravel(), minlength=sources.IGNORE + 1)[:n]
                 items.append({"id": item_id, "source": stem, "split": split, "origin": origin})
         manifest = {
             "classes": classes.names,
             "colors": colors,
+            "ignore_index": None if classes.ignore_index is None and classes.ignore_color is None else sources.IGNORE,
             "image_size": cfg.data.image_size,
             "mode": cfg.data.mode,
             "pixel_scale": pixel_scale(source_sizes, cfg.data.image_size, cfg.data.mode),

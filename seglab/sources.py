@@ -3,6 +3,11 @@
 Every source ends as the folder layout ``ROOT/images/*``, ``ROOT/masks/*`` (matched by file
 stem) and ``ROOT/classes.json``, so one reader and one set of checks serve them all.
 Each problem found in the input is raised as :class:`DataError` naming the file.
+
+``classes.json``: ``{"classes": [names], "colors": [[r, g, b] per class] (RGB masks only),
+"ignore_index": 255 (a value in index masks that is no class), "ignore_color": [r, g, b]
+(the same for RGB masks)}``. Pixels marked so (object borders in Pascal VOC, a void class)
+are read as :data:`IGNORE` and left out of pixel counts.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from tqdm import tqdm
 
 from seglab.artifacts import atomic_dir, atomic_file
 
+IGNORE = 255  # ignored pixels in every class-index mask this package writes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 Image.MAX_IMAGE_PIXELS = 2**31  # aerial scenes and slides are large; Pillow's default stops at 179 MP
 
@@ -34,6 +40,12 @@ class DataError(ValueError):
 class ClassInfo:
     names: list
     colors: Optional[list]  # RGB per class; required only for RGB masks
+    ignore_index: Optional[int] = None  # value in index masks read as IGNORE
+    ignore_color: Optional[list] = None  # colour in RGB masks read as IGNORE
+
+
+def _is_rgb(value) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
 
 
 def read_classes(path: str | Path) -> ClassInfo:
@@ -49,16 +61,26 @@ def read_classes(path: str | Path) -> ClassInfo:
         raise DataError(f"{path}: 'classes' must be a list of at least two class names")
     if len(set(names)) != len(names):
         raise DataError(f"{path}: class names must be unique")
+    if len(names) > IGNORE:
+        raise DataError(f"{path}: {len(names)} classes; at most {IGNORE} fit, as mask value {IGNORE} marks ignored pixels")
     colors = spec.get("colors")
     if colors is not None:
-        ok = isinstance(colors, list) and len(colors) == len(names) and all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors
-        )
-        if not ok:
+        if not (isinstance(colors, list) and len(colors) == len(names) and all(_is_rgb(c) for c in colors)):
             raise DataError(f"{path}: 'colors' must hold one [r, g, b] triple of 0-255 integers per class ({len(names)})")
         if len({tuple(c) for c in colors}) != len(colors):
             raise DataError(f"{path}: two classes share a colour")
-    return ClassInfo(names, colors)
+    ignore_index = spec.get("ignore_index")
+    if ignore_index is not None and not (isinstance(ignore_index, int) and len(names) <= ignore_index <= 255):
+        raise DataError(f"{path}: 'ignore_index' must be an integer from {len(names)} to 255, not a class index")
+    ignore_color = spec.get("ignore_color")
+    if ignore_color is not None:
+        if not _is_rgb(ignore_color):
+            raise DataError(f"{path}: 'ignore_color' must be one [r, g, b] triple of 0-255 integers")
+        if colors is None:
+            raise DataError(f"{path}: 'ignore_color' is for RGB colour masks, which need 'colors' too")
+        if ignore_color in colors:
+            raise DataError(f"{path}: 'ignore_color' is also the colour of class '{names[colors.index(ignore_color)]}'")
+    return ClassInfo(names, colors, ignore_index, ignore_color)
 
 
 def _open(path: Path) -> Image.Image:
@@ -87,7 +109,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
-    """Class indices (uint8) from an index mask (grey or palette PNG) or an RGB colour mask.
+    """Class indices (uint8, :data:`IGNORE` for ignored pixels) from an index mask (grey or palette
+    PNG) or an RGB colour mask.
 
     The EXIF rotation is applied as for images: a mask drawn over an upright photo is saved
     either upright without a tag or with the photo's tag copied, and both then line up.
@@ -108,6 +131,9 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
         else:
             codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
             palette = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(classes.colors)}
+            if classes.ignore_color is not None:
+                r, g, b = classes.ignore_color
+                palette[(r << 16) | (g << 8) | b] = IGNORE
             found = np.unique(codes)
             unknown = [c for c in found if c not in palette]
             if unknown:
@@ -117,11 +143,15 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
                     f"({len(unknown)} unknown colour(s))"
                 )
             lut_keys = np.array(sorted(palette))
-            values = np.array([palette[k] for k in lut_keys])[np.searchsorted(lut_keys, codes)]
+            return np.array([palette[k] for k in lut_keys], np.uint8)[np.searchsorted(lut_keys, codes)]
     else:
         values = np.asarray(image).astype(np.int64)
-    if values.max(initial=0) >= n or values.min(initial=0) < 0:
-        raise DataError(f"{path}: mask value {int(values.max())} is at or above the class count {n}")
+    ignored = values == classes.ignore_index if classes.ignore_index is not None else np.zeros(values.shape, bool)
+    bad = ((values < 0) | (values >= n)) & ~ignored
+    if bad.any():
+        also = f" and is not the ignore_index {classes.ignore_index}" if classes.ignore_index is not None else ""
+        raise DataError(f"{path}: mask value {int(values[bad].max())} is at or above the class count {n}{also}")
+    values[ignored] = IGNORE
     return values.astype(np.uint8)
 
 

@@ -12,11 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes=("background", "a", "b"), rgb_masks=False,
-                         colors=None, seed=0, grey=False) -> Path:
+                         colors=None, seed=0, grey=False, ignore=None) -> Path:
     """A small dataset in the folder layout; masks hold each class in a band so counts are known.
 
     ``size`` is one (height, width) or a list of them cycled over the images (mixed sizes);
     ``grey`` writes single-channel (L) images, ``rgb_masks`` colour masks with ``colors``.
+    ``ignore`` marks the column at ``w // 2`` as left out: a value for index masks (declared as
+    ``ignore_index``) or, with ``rgb_masks``, an [r, g, b] colour (declared as ``ignore_color``).
     """
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
@@ -29,14 +31,21 @@ def write_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes=("backgr
         mask = np.zeros((h, w), np.uint8)
         mask[:, w // 2:] = 1
         mask[: h // 4, :] = len(classes) - 1
+        if ignore is not None:
+            mask[:, w // 2] = 255 if rgb_masks else ignore
         Image.fromarray(image).save(root / "images" / f"img{i}.png")
         if rgb_masks:
-            Image.fromarray(np.asarray(colors, np.uint8)[mask]).save(root / "masks" / f"img{i}.png")
+            lut = np.zeros((256, 3), np.uint8)
+            lut[: len(colors)] = colors
+            lut[255] = ignore or 0
+            Image.fromarray(lut[mask]).save(root / "masks" / f"img{i}.png")
         else:
             Image.fromarray(mask).save(root / "masks" / f"img{i}.png")
     spec = {"classes": list(classes)}
     if rgb_masks:
         spec["colors"] = colors
+    if ignore is not None:
+        spec["ignore_color" if rgb_masks else "ignore_index"] = ignore
     (root / "classes.json").write_text(json.dumps(spec))
     return root
 

@@ -47,3 +47,12 @@ def test_a_class_absent_from_training_warns_and_gets_a_finite_weight():
 def test_unknown_scheme_is_rejected():
     with pytest.raises(ValueError, match="unknown class weight scheme"):
         compute_weights([1, 2], "focal")
+
+
+def test_ignored_pixels_count_for_no_class(tmp_path):
+    masks = [np.array([[0, 0, 255, 1], [255, 255, 1, 1]], np.uint8), np.array([[0, 255], [0, 0]], np.uint8)]
+    for i, m in enumerate(masks):
+        Image.fromarray(m).save(tmp_path / f"{i}.png")
+    counts, present_in = pixel_counts([tmp_path / "0.png", tmp_path / "1.png"], 3)
+    np.testing.assert_array_equal(counts, [5, 3, 0])
+    np.testing.assert_array_equal(present_in, [5 + 3, 5, 0])  # labelled pixels of the images holding the class

@@ -117,3 +117,31 @@ def test_grey_odd_and_mixed_size_images_with_colour_masks(tmp_path, make_config,
         assert set(np.unique(np.asarray(Image.open(mask_path)))) <= {0, 1, 2}
     pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
     assert pixels.sum() == len(manifest["items"]) * 32 * 32 and (pixels > 0).all()
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_ignored_pixels_survive_resizing_and_mirror_padding(mode):
+    mask = np.zeros((20, 50), np.uint8)
+    mask[:, 10:] = 1
+    mask[:, 8:10] = 255  # a border left out, as in Pascal VOC
+    pieces = [piece for _, _, piece in data_loading.preprocess(np.zeros((20, 50, 3), np.uint8), mask, 25, mode, 0.0)]
+    assert all(set(np.unique(piece)) <= {0, 1, 255} for piece in pieces)
+    if mode == "resize":
+        assert (pieces[0][:, 4] == 255).all()  # columns 8 and 9 become column 4
+    else:
+        assert (pieces[0][:, 8:10] == 255).all()  # rows 20-24 mirrored, the border with them
+
+
+@pytest.mark.parametrize("rgb_masks, ignore", [(False, 255), (False, 200), (True, [255, 255, 255]), (False, None)])
+def test_ignored_pixels_are_kept_as_255_and_left_out_of_the_counts(tmp_path, make_config, rgb_masks, ignore):
+    root = write_folder_dataset(tmp_path / "d", n=5, size=(40, 48), rgb_masks=rgb_masks, ignore=ignore)
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=48", "data.mode=tile")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    assert manifest["ignore_index"] == (None if ignore is None else 255)
+    ignored = 0 if ignore is None else 48  # one column of the 40 x 48 image, mirrored to 48 rows
+    pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
+    assert pixels.sum() == 5 * (48 * 48 - ignored)
+    _, masks = data_loading.split_paths(run, manifest, "train")
+    mask = np.asarray(Image.open(masks[0]))
+    assert (mask[:, 24] == 255).all() == (ignore is not None)

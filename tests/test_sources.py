@@ -150,3 +150,46 @@ def test_exif_rotation_keeps_masks_aligned_with_their_images(tmp_path, mask_kind
                                     sources.ClassInfo(["background", "bright"], None))
     np.testing.assert_array_equal(image, np.rot90(stored, 2))
     np.testing.assert_array_equal(mask, (image[..., 0] > 127).astype(np.uint8))
+
+
+def test_ignore_index_in_index_masks_reads_as_255(tmp_path):
+    classes = sources.ClassInfo(["background", "a", "b"], None, ignore_index=100)
+    Image.fromarray(np.array([[0, 1, 100], [2, 100, 0]], np.uint8)).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[0, 1, 255], [2, 255, 0]])
+    Image.fromarray(np.array([[0, 7, 100]], np.uint8)).save(tmp_path / "bad.png")
+    with pytest.raises(DataError, match=r"bad.png: mask value 7 is at or above the class count 3 and is not the ignore_index 100"):
+        sources.read_mask(tmp_path / "bad.png", classes)
+
+
+def test_voc_style_palette_masks_with_255_borders(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=1, ignore=255)
+    palette = Image.open(root / "masks" / "img0.png").convert("P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 756 + [224, 224, 192])  # VOC: 255 is cream
+    palette.save(root / "masks" / "img0.png")
+    classes = sources.read_classes(root / "classes.json")
+    assert classes.ignore_index == 255 and classes.ignore_color is None
+    mask = sources.read_mask(root / "masks" / "img0.png", classes)
+    assert (mask[:, 24] == sources.IGNORE).all() and set(np.unique(mask)) == {0, 1, 2, 255}
+
+
+def test_ignore_color_in_rgb_masks_reads_as_255(tmp_path):
+    root = write_folder_dataset(tmp_path / "d", n=1, rgb_masks=True, ignore=[255, 255, 255])
+    classes = sources.read_classes(root / "classes.json")
+    assert classes.ignore_color == [255, 255, 255] and classes.ignore_index is None
+    mask = sources.read_mask(root / "masks" / "img0.png", classes)
+    assert (mask[:, 24] == sources.IGNORE).all() and set(np.unique(mask)) == {0, 1, 2, 255}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"classes": ["a", "b", "c"], "ignore_index": 2}, "'ignore_index' must be an integer from 3 to 255, not a class index"),
+    ({"classes": ["a", "b"], "ignore_index": 256}, "'ignore_index' must be an integer from 2 to 255"),
+    ({"classes": ["a", "b"], "ignore_color": [1, 2, 3]}, "'ignore_color' is for RGB colour masks, which need 'colors' too"),
+    ({"classes": ["a", "b"], "colors": [[0, 0, 0], [9, 9, 9]], "ignore_color": [9, 9, 9]},
+     "'ignore_color' is also the colour of class 'b'"),
+    ({"classes": ["a", "b"], "colors": [[0, 0, 0], [9, 9, 9]], "ignore_color": [9, 9]}, "'ignore_color' must be one"),
+    ({"classes": [f"c{i}" for i in range(256)]}, "256 classes; at most 255 fit, as mask value 255 marks ignored pixels"),
+])
+def test_classes_json_ignore_settings_are_checked(tmp_path, spec, message):
+    (tmp_path / "classes.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="classes.json: " + message.replace("[", r"\[")):
+        sources.read_classes(tmp_path / "classes.json")
