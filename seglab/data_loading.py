@@ -74,6 +74,15 @@ def preprocess(image: np.ndarray, mask: np.ndarray, size: int, mode: str, overla
             yield (y, x), image[y:y + size, x:x + size], mask[y:y + size, x:x + size]
 
 
+def subset_sources(pairs: list, max_images, seed: int) -> list:
+    """A seeded random ``max_images`` of the pairs, in their sorted order: the first N sorted
+    files would be a biased sample (on Oxford-IIIT Pet, only the first breeds)."""
+    if max_images is None or max_images >= len(pairs):
+        return pairs
+    keep = np.random.default_rng(seed).choice(len(pairs), max_images, replace=False)
+    return [pairs[i] for i in sorted(keep)]
+
+
 def split_sources(stems: list[str], val: float, test: float, seed: int) -> dict[str, str]:
     """Map each source image to train, val or test, reproducibly from ``seed``."""
     if len(stems) < 3:
@@ -101,7 +110,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     """Run step 01 and record it; the previous dataset stays in place unless every input is good."""
     root = resolve_source(cfg)
     classes = sources.read_classes(root / "classes.json")
-    pairs = sources.find_pairs(root)[: cfg.data.max_images]
+    pairs = subset_sources(sources.find_pairs(root), cfg.data.max_images, cfg.seed)
     split_of = split_sources([stem for stem, _, _ in pairs], cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
     n = len(classes.names)
     colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]

@@ -145,3 +145,16 @@ def test_ignored_pixels_are_kept_as_255_and_left_out_of_the_counts(tmp_path, mak
     _, masks = data_loading.split_paths(run, manifest, "train")
     mask = np.asarray(Image.open(masks[0]))
     assert (mask[:, 24] == 255).all() == (ignore is not None)
+
+
+def test_max_images_takes_a_seeded_random_subset_in_sorted_order(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=20, size=(8, 8))
+    chosen = {}
+    for attempt, seed in enumerate((1, 1, 2)):
+        cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=8", "data.max_images=6",
+                          f"seed={seed}", f"run_dir={tmp_path / f'run{attempt}'}")
+        stems = list(data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))["source"]["sizes"])
+        assert len(stems) == 6 and stems == sorted(stems)
+        chosen.setdefault(seed, []).append(stems)
+    assert chosen[1][0] == chosen[1][1] != chosen[2][0]
+    assert chosen[1][0] != sorted(f"img{i}" for i in range(20))[:6]  # not the first six files
