@@ -149,6 +149,23 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     return manifest
 
 
+def fit_batch_size(train_items: int, batch_size: int, replicas: int = 1, log=print) -> int:
+    """The per-replica batch size, capped so that one global batch fits in the training split.
+
+    Training batches drop the remainder, so a batch larger than a small training split would
+    yield no batch at all; one line says when the size is lowered.
+    """
+    if train_items < replicas:
+        raise sources.DataError(f"{train_items} training sample(s) cannot give each of the {replicas} replica(s) "
+                                f"one sample per batch; add images or train on one device (train.strategy=default)")
+    fitted = min(batch_size, train_items // replicas)
+    if fitted < batch_size:
+        each = f" per replica x {replicas} replicas" if replicas > 1 else ""
+        log(f"batch size {batch_size}{each} is larger than the {train_items} training samples; using {fitted}"
+            + (" per replica" if replicas > 1 else ""))
+    return fitted
+
+
 def load_manifest(run: RunDir) -> dict:
     """The processed dataset's manifest, as notebook 01 last wrote it."""
     return json.loads(run.output("data", "dataset").read_text())

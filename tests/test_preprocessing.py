@@ -158,3 +158,22 @@ def test_max_images_takes_a_seeded_random_subset_in_sorted_order(tmp_path, make_
         chosen.setdefault(seed, []).append(stems)
     assert chosen[1][0] == chosen[1][1] != chosen[2][0]
     assert chosen[1][0] != sorted(f"img{i}" for i in range(20))[:6]  # not the first six files
+
+
+@pytest.mark.parametrize("items, batch, replicas, expected, line", [
+    (4, 8, 1, 4, "batch size 8 is larger than the 4 training samples; using 4"),
+    (10, 8, 1, 8, None),
+    (10, 8, 2, 5, "batch size 8 per replica x 2 replicas is larger than the 10 training samples; using 5 per replica"),
+    (10, 4, 2, 4, None),
+    (3, 8, 2, 1, "batch size 8 per replica x 2 replicas is larger than the 3 training samples; using 1 per replica"),
+])
+def test_batch_size_is_capped_to_the_training_split(items, batch, replicas, expected, line):
+    said = []
+    assert data_loading.fit_batch_size(items, batch, replicas, log=said.append) == expected
+    assert said == ([line] if line else [])
+
+
+@pytest.mark.parametrize("items, replicas", [(0, 1), (1, 2)])
+def test_batch_size_cannot_fit_fewer_samples_than_replicas(items, replicas):
+    with pytest.raises(data_loading.sources.DataError, match=f"{items} training sample\\(s\\) cannot give each of the {replicas}"):
+        data_loading.fit_batch_size(items, 8, replicas, log=print)
