@@ -4,7 +4,13 @@ Output in the run folder: ``dataset/images/*.png``, ``dataset/masks/*.png`` (cla
 ``sources.IGNORE`` = 255 for ignored pixels) and ``dataset/dataset.json`` (classes, colours,
 split membership, pixel counts without the ignored pixels, and ``ignore_index``: 255 when the
 source declares an ignore label, else null). The split is by source image, so tiles of one
-image never land on both sides.
+image never land on both sides; ``splits[split]["source_ids"]`` lists each split's source
+images (sorted stems).
+
+Evaluation scores at the user's resolution, so each val and test source image is also kept
+at its original size: ``dataset/originals/images/{stem}.png`` (RGB as ``sources.read_image``
+returns it) and ``dataset/originals/masks/{stem}.png`` (class indices, 255 = ignore); see
+:func:`original_pairs`.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from seglab.config import Config
 from seglab import demo_data
 
 SPLITS = ("train", "val", "test")
+ORIGINAL_SPLITS = ("val", "test")  # kept at their original size for scoring
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
 
@@ -117,11 +124,14 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     items, pixels = [], {s: np.zeros(n, np.int64) for s in SPLITS}
     source_sizes = {}
     with atomic_dir(run.path("dataset")) as out:
-        (out / "images").mkdir()
-        (out / "masks").mkdir()
+        for folder in ("images", "masks", "originals/images", "originals/masks"):
+            (out / folder).mkdir(parents=True)
         for stem, image_path, mask_path in tqdm(pairs, desc="preprocessing"):
             image, mask = sources.read_pair(image_path, mask_path, classes)
             source_sizes[stem] = list(mask.shape)
+            if split_of[stem] in ORIGINAL_SPLITS:
+                Image.fromarray(image).save(out / "originals" / "images" / f"{stem}.png")
+                Image.fromarray(mask).save(out / "originals" / "masks" / f"{stem}.png")
             for origin, img, msk in preprocess(image, mask, cfg.data.image_size, cfg.data.mode, cfg.data.tile_overlap):
                 item_id = stem if origin is None else f"{stem}_y{origin[0]}_x{origin[1]}"
                 Image.fromarray(img).save(out / "images" / f"{item_id}.png")
@@ -139,6 +149,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
             "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
             "seed": cfg.seed,
             "splits": {s: {"sources": sum(v == s for v in split_of.values()),
+                           "source_ids": sorted(stem for stem, v in split_of.items() if v == s),
                            "items": sum(i["split"] == s for i in items),
                            "pixels": pixels[s].tolist()} for s in SPLITS},
             "items": items,
@@ -179,6 +190,15 @@ def split_paths(run: RunDir, manifest: dict, split: str) -> tuple[list[str], lis
     base = run.path("dataset")
     ids = split_ids(manifest, split)
     return [str(base / "images" / f"{i}.png") for i in ids], [str(base / "masks" / f"{i}.png") for i in ids]
+
+
+def original_pairs(run: RunDir, manifest: dict, split: str) -> list[tuple[str, Path, Path]]:
+    """(stem, image, mask) at the original size for each source image of ``split`` ("val" or "test"), by stem."""
+    if split not in ORIGINAL_SPLITS:
+        raise ValueError(f"originals are kept for the {' and '.join(ORIGINAL_SPLITS)} splits, not {split!r}")
+    base = run.path("dataset", "originals")
+    return [(stem, base / "images" / f"{stem}.png", base / "masks" / f"{stem}.png")
+            for stem in manifest["splits"][split]["source_ids"]]
 
 
 def class_frequency_table(manifest: dict) -> list[dict]:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab import data_loading
+from seglab import data_loading, sources
 from seglab.artifacts import RunDir
 
 from conftest import write_folder_dataset
@@ -177,3 +177,30 @@ def test_batch_size_is_capped_to_the_training_split(items, batch, replicas, expe
 def test_batch_size_cannot_fit_fewer_samples_than_replicas(items, replicas):
     with pytest.raises(data_loading.sources.DataError, match=f"{items} training sample\\(s\\) cannot give each of the {replicas}"):
         data_loading.fit_batch_size(items, 8, replicas, log=print)
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_val_and_test_images_are_kept_at_their_original_size(tmp_path, make_config, mode):
+    sizes = [(64, 50), (37, 53), (29, 41)]
+    root = write_folder_dataset(tmp_path / "d", n=9, size=sizes, grey=True, rgb_masks=True, ignore=[255, 255, 255])
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32", f"data.mode={mode}")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    classes = sources.read_classes(root / "classes.json")
+    kept = set()
+    for split in ("val", "test"):
+        pairs = data_loading.original_pairs(run, manifest, split)
+        stems = [stem for stem, _, _ in pairs]
+        assert stems == sorted(stems) == manifest["splits"][split]["source_ids"] and stems
+        assert stems == sorted({i["source"] for i in manifest["items"] if i["split"] == split})
+        for stem, image_path, mask_path in pairs:
+            image, mask = sources.read_pair(root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png", classes)
+            np.testing.assert_array_equal(np.asarray(Image.open(image_path)), image)  # e.g. 37 x 53, grey as RGB
+            np.testing.assert_array_equal(np.asarray(Image.open(mask_path)), mask)
+            assert (mask == 255).any()
+            kept.add(stem)
+    assert kept == {p.stem for p in run.path("dataset", "originals", "images").iterdir()}  # no training image
+    assert (37, 53) in {tuple(manifest["source"]["sizes"][stem]) for stem in kept}  # odd, non-square, kept as is
+    assert {s for s in manifest["source"]["sizes"] if s not in kept} == set(manifest["splits"]["train"]["source_ids"])
+    with pytest.raises(ValueError, match="originals are kept for the val and test splits, not 'train'"):
+        data_loading.original_pairs(run, manifest, "train")
