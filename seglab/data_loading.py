@@ -15,6 +15,9 @@ returns it) and ``dataset/originals/masks/{stem}.png`` (class indices, 255 = ign
 from __future__ import annotations
 
 import json
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -113,8 +116,46 @@ def pixel_scale(sizes: dict, size: int, mode: str) -> list[float]:
     return [float(np.median(size / heights)), float(np.median(size / widths))]
 
 
+def _ordered_map(pool: ThreadPoolExecutor, fn, items, window: int):
+    """``fn`` over ``items`` on ``pool``, results in input order, at most ``window`` tasks queued or
+    running: memory stays flat however large the dataset. Stopping early cancels the queued tasks."""
+    pending = deque()
+    try:
+        for item in items:
+            if len(pending) >= window:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _process_pair(pair, classes: sources.ClassInfo, data, keep_original: bool, out: Path):
+    """Read, check, cut and write one source pair; return its stem, size, pieces (id, origin) and
+    pixels per class. Runs in a worker thread: only this summary comes back, never the pixels."""
+    stem, image_path, mask_path = pair
+    image, mask = sources.read_pair(image_path, mask_path, classes)
+    if keep_original:
+        Image.fromarray(image).save(out / "originals" / "images" / f"{stem}.png")
+        Image.fromarray(mask).save(out / "originals" / "masks" / f"{stem}.png")
+    pieces, pixels = [], np.zeros(len(classes.names), np.int64)
+    for origin, img, msk in preprocess(image, mask, data.image_size, data.mode, data.tile_overlap):
+        item_id = stem if origin is None else f"{stem}_y{origin[0]}_x{origin[1]}"
+        Image.fromarray(img).save(out / "images" / f"{item_id}.png")
+        Image.fromarray(msk).save(out / "masks" / f"{item_id}.png")
+        pixels += np.bincount(msk.ravel(), minlength=sources.IGNORE + 1)[: len(classes.names)]
+        pieces.append((item_id, None if origin is None else list(origin)))
+    return stem, list(mask.shape), pieces, pixels
+
+
 def prepare_dataset(cfg: Config, run: RunDir) -> dict:
-    """Run step 01 and record it; the previous dataset stays in place unless every input is good."""
+    """Run step 01 and record it; the previous dataset stays in place unless every input is good.
+
+    Pairs are processed in threads (the image codecs and OpenCV release the GIL; processes
+    would fork a kernel that may hold TensorFlow), a bounded window of them at a time.
+    """
     root = resolve_source(cfg)
     classes = sources.read_classes(root / "classes.json")
     pairs = subset_sources(sources.find_pairs(root), cfg.data.max_images, cfg.seed)
@@ -123,22 +164,20 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
     items, pixels = [], {s: np.zeros(n, np.int64) for s in SPLITS}
     source_sizes = {}
-    with atomic_dir(run.path("dataset")) as out:
+    workers = os.cpu_count() or 1
+    with atomic_dir(run.path("dataset")) as out, ThreadPoolExecutor(workers) as pool:
         for folder in ("images", "masks", "originals/images", "originals/masks"):
             (out / folder).mkdir(parents=True)
-        for stem, image_path, mask_path in tqdm(pairs, desc="preprocessing"):
-            image, mask = sources.read_pair(image_path, mask_path, classes)
-            source_sizes[stem] = list(mask.shape)
-            if split_of[stem] in ORIGINAL_SPLITS:
-                Image.fromarray(image).save(out / "originals" / "images" / f"{stem}.png")
-                Image.fromarray(mask).save(out / "originals" / "masks" / f"{stem}.png")
-            for origin, img, msk in preprocess(image, mask, cfg.data.image_size, cfg.data.mode, cfg.data.tile_overlap):
-                item_id = stem if origin is None else f"{stem}_y{origin[0]}_x{origin[1]}"
-                Image.fromarray(img).save(out / "images" / f"{item_id}.png")
-                Image.fromarray(msk).save(out / "masks" / f"{item_id}.png")
-                split = split_of[stem]
-                pixels[split] += np.bincount(msk.ravel(), minlength=sources.IGNORE + 1)[:n]
-                items.append({"id": item_id, "source": stem, "split": split, "origin": origin})
+
+        def work(pair):
+            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in ORIGINAL_SPLITS, out)
+
+        results = _ordered_map(pool, work, pairs, 2 * workers)
+        for stem, size, pieces, counts in tqdm(results, total=len(pairs), desc="preprocessing"):
+            split = split_of[stem]
+            source_sizes[stem] = size
+            pixels[split] += counts
+            items += [{"id": item_id, "source": stem, "split": split, "origin": origin} for item_id, origin in pieces]
         manifest = {
             "classes": classes.names,
             "colors": colors,

@@ -1,3 +1,6 @@
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -204,3 +207,34 @@ def test_val_and_test_images_are_kept_at_their_original_size(tmp_path, make_conf
     assert {s for s in manifest["source"]["sizes"] if s not in kept} == set(manifest["splits"]["train"]["source_ids"])
     with pytest.raises(ValueError, match="originals are kept for the val and test splits, not 'train'"):
         data_loading.original_pairs(run, manifest, "train")
+
+
+def test_pairs_stream_through_a_bounded_window_in_input_order():
+    pulled = []
+
+    def items():
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    with ThreadPoolExecutor(4) as pool:
+        results = data_loading._ordered_map(pool, lambda i: (time.sleep(0.002 * (i % 3)), i * i)[1], items(), 5)
+        first = next(results)
+        assert len(pulled) <= 6  # not the whole dataset at once
+        assert [first, *results] == [i * i for i in range(100)]
+
+
+def test_a_failing_pair_stops_the_stream_and_cancels_what_is_queued():
+    started = []
+
+    def work(i):
+        started.append(i)
+        if i == 3:
+            raise data_loading.sources.DataError(f"img{i}.png: broken")
+        time.sleep(0.2 if i > 3 else 0)  # the one running when 3 fails is still busy while the rest are cancelled
+        return i
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(data_loading.sources.DataError, match="img3.png: broken"):
+            list(data_loading._ordered_map(pool, work, range(100), 4))
+    assert started in ([0, 1, 2, 3], [0, 1, 2, 3, 4])  # 5 and 6 were queued, then cancelled
