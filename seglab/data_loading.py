@@ -11,9 +11,13 @@ Evaluation scores at the user's resolution, so each val and test source image is
 at its original size: ``dataset/originals/images/{stem}.png`` (RGB as ``sources.read_image``
 returns it) and ``dataset/originals/masks/{stem}.png`` (class indices, 255 = ignore); see
 :func:`original_pairs`.
+
+``fingerprint`` in dataset.json sums up the inputs; a rerun with the same fingerprint reuses
+the dataset and leaves the run folder's records as they are, so later steps stay valid.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import deque
@@ -27,12 +31,14 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from seglab import sources
-from seglab.artifacts import RunDir, atomic_dir
+from seglab.artifacts import MissingInput, RunDir, atomic_dir
 from seglab.config import Config
 from seglab import demo_data
 
 SPLITS = ("train", "val", "test")
 ORIGINAL_SPLITS = ("val", "test")  # kept at their original size for scoring
+LAYOUT_VERSION = 1  # part of the fingerprint: bump it whenever prepare_dataset writes something different
+PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction")
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
 
@@ -150,15 +156,42 @@ def _process_pair(pair, classes: sources.ClassInfo, data, keep_original: bool, o
     return stem, list(mask.shape), pieces, pixels
 
 
+def _fingerprint(cfg: Config, root: Path, pairs: list) -> str:
+    """What the processed dataset depends on: each source file's name, size and modification time
+    (reading every pixel again would cost what it saves), classes.json, the data settings that
+    shape the dataset, the seed, and the layout version of this code."""
+    files = [[str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns]
+             for _, image, mask in pairs for path in (image, mask) for stat in [path.stat()]]
+    settings = {key: getattr(cfg.data, key) for key in PREPROCESSING_KEYS}
+    inputs = [LAYOUT_VERSION, str(root), cfg.seed, settings, (root / "classes.json").read_text(), files]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+
+
+def _unchanged(run: RunDir, fingerprint: str):
+    """The recorded dataset's manifest if it was made from the same inputs, else None."""
+    try:
+        previous = load_manifest(run)
+    except MissingInput:
+        return None
+    return previous if previous.get("fingerprint") == fingerprint else None
+
+
 def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     """Run step 01 and record it; the previous dataset stays in place unless every input is good.
 
     Pairs are processed in threads (the image codecs and OpenCV release the GIL; processes
-    would fork a kernel that may hold TensorFlow), a bounded window of them at a time.
+    would fork a kernel that may hold TensorFlow), a bounded window of them at a time. When
+    no input changed since the recorded run, the dataset is reused as it is.
     """
     root = resolve_source(cfg)
     classes = sources.read_classes(root / "classes.json")
-    pairs = subset_sources(sources.find_pairs(root), cfg.data.max_images, cfg.seed)
+    found = sources.find_pairs(root)
+    fingerprint = _fingerprint(cfg, root, found)
+    previous = _unchanged(run, fingerprint)
+    if previous is not None:
+        print("dataset unchanged since the last run of 01; reusing dataset/")
+        return previous
+    pairs = subset_sources(found, cfg.data.max_images, cfg.seed)
     split_of = split_sources([stem for stem, _, _ in pairs], cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
     n = len(classes.names)
     colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
@@ -187,6 +220,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
             "pixel_scale": pixel_scale(source_sizes, cfg.data.image_size, cfg.data.mode),
             "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
             "seed": cfg.seed,
+            "fingerprint": fingerprint,
             "splits": {s: {"sources": sum(v == s for v in split_of.values()),
                            "source_ids": sorted(stem for stem, v in split_of.items() if v == s),
                            "items": sum(i["split"] == s for i in items),

@@ -1,3 +1,5 @@
+import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -238,3 +240,37 @@ def test_a_failing_pair_stops_the_stream_and_cancels_what_is_queued():
         with pytest.raises(data_loading.sources.DataError, match="img3.png: broken"):
             list(data_loading._ordered_map(pool, work, range(100), 4))
     assert started in ([0, 1, 2, 3], [0, 1, 2, 3, 4])  # 5 and 6 were queued, then cancelled
+
+
+def test_unchanged_inputs_reuse_the_dataset_and_any_change_redoes_it(tmp_path, make_config, capsys):
+    root = write_folder_dataset(tmp_path / "d", n=5)
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
+    run = RunDir(cfg.run_dir)
+    first = data_loading.prepare_dataset(cfg, run)
+    written, step = run.path("dataset", "dataset.json").stat().st_mtime_ns, run.require("data")["id"]
+    run.path("class_weights.json").write_text("{}")
+    run.record("class_weights", {"class_weights": "class_weights.json"}, inputs=("data",))
+    capsys.readouterr()
+
+    assert data_loading.prepare_dataset(cfg, run) == first
+    assert capsys.readouterr().out == "dataset unchanged since the last run of 01; reusing dataset/\n"
+    assert run.path("dataset", "dataset.json").stat().st_mtime_ns == written and run.require("data")["id"] == step
+    run.require("class_weights")  # a later step's record is still valid
+
+    mask = root / "masks" / "img0.png"
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
+    later = mask.stat().st_mtime_ns + 10**9  # an edit a second later, whatever the clock's resolution
+    os.utime(mask, ns=(later, later))
+    data_loading.prepare_dataset(cfg, run)
+    assert run.require("data")["id"] != step
+    assert not np.asarray(Image.open(run.path("dataset", "masks", "img0.png"))).any()
+
+    step = run.require("data")["id"]
+    (root / "classes.json").write_text(json.dumps({"classes": ["background", "a", "c"]}))
+    assert data_loading.prepare_dataset(cfg, run)["classes"] == ["background", "a", "c"]
+    assert run.require("data")["id"] != step
+
+    step = run.require("data")["id"]
+    smaller = make_config("data.source=folder", f"data.root={root}", "data.image_size=16")
+    assert data_loading.prepare_dataset(smaller, run)["image_size"] == 16
+    assert run.require("data")["id"] != step
