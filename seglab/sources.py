@@ -5,7 +5,7 @@ stem) and ``ROOT/classes.json``, so one reader and one set of checks serve them 
 Each problem found in the input is raised as :class:`DataError` naming the file.
 
 ``classes.json``: ``{"classes": [names], "colors": [[r, g, b] per class] (RGB masks only),
-"ignore_index": 255 (a value in index masks that is no class), "ignore_color": [r, g, b]
+"ignore_index": 255 (a value in grey or palette masks that is no class), "ignore_color": [r, g, b]
 (the same for RGB masks)}``. Pixels marked so (object borders in Pascal VOC, a void class)
 are read as :data:`IGNORE` and left out of pixel counts.
 """
@@ -120,7 +120,10 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
     n = len(classes.names)
     if image.mode == "LA":
         image = image.getchannel("L")
+    ignored_by_index = None
     if image.mode in ("P", "PA") and classes.colors is not None:
+        if classes.ignore_index is not None:  # Pascal VOC: index 255 is the border, whatever its colour
+            ignored_by_index = np.asarray(image.getchannel("P")) == classes.ignore_index
         image = image.convert("RGB")  # the palette's order need not be the class order: map by colour
     if image.mode in ("RGB", "RGBA"):
         rgb = np.asarray(image.convert("RGB"))
@@ -134,6 +137,9 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
             if classes.ignore_color is not None:
                 r, g, b = classes.ignore_color
                 palette[(r << 16) | (g << 8) | b] = IGNORE
+            if ignored_by_index is not None:
+                codes[ignored_by_index] = -1  # no colour has this code
+                palette[-1] = IGNORE
             found = np.unique(codes)
             unknown = [c for c in found if c not in palette]
             if unknown:

@@ -193,3 +193,14 @@ def test_classes_json_ignore_settings_are_checked(tmp_path, spec, message):
     (tmp_path / "classes.json").write_text(json.dumps(spec))
     with pytest.raises(DataError, match="classes.json: " + message.replace("[", r"\[")):
         sources.read_classes(tmp_path / "classes.json")
+
+
+def test_palette_masks_mapped_by_colour_still_honour_ignore_index(tmp_path):
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": ["background", "cat"], "colors": [[0, 0, 0], [64, 0, 0]],
+                                                       "ignore_index": 255}))
+    palette = Image.new("P", (3, 1))
+    palette.putpalette([64, 0, 0, 0, 0, 0] + [0] * 759 + [224, 224, 192])  # VOC's border colour at index 255
+    palette.putdata([0, 1, 255])
+    palette.save(tmp_path / "m.png")
+    classes = sources.read_classes(tmp_path / "classes.json")
+    np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[1, 0, 255]])
