@@ -1,5 +1,9 @@
-"""Step 04: every model scored the same way, from one confusion matrix per split.
+"""Step 04: every model scored as its user gets it, from one confusion matrix per split.
 
+Each validation and test image is predicted at its original size, by the same
+:class:`~seglab.inference.Predictor` that notebook 06 and ``seglab predict`` use, and
+compared with its original mask. Images stream through one at a time: a confusion matrix
+per (option, split) is all that is kept, so memory does not grow with the dataset.
 Options that could be tuned (test-time flips, removing small components, opening) are
 chosen on the validation split; the test split only reports, before and after.
 """
@@ -8,24 +12,21 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 from skimage import morphology
+from tqdm import tqdm
 
 from seglab import data_loading, inference, metrics, pipeline, training
 from seglab.artifacts import RunDir, atomic_dir, read_json, write_json, write_text
 
 
-def split_truth(run: RunDir, manifest: dict, split: str) -> list[np.ndarray]:
-    _, masks = data_loading.split_paths(run, manifest, split)
-    return [np.asarray(Image.open(p)) for p in masks]
-
-
-def predict_probabilities(model, image_paths, norm: dict, tta: bool = False, batch_size: int = 8):
-    """Softmax maps per image; with ``tta`` the mean over the four flips, each flipped back."""
-    for batch in pipeline.make_image_dataset(image_paths, norm, batch_size):
-        yield from inference.predict_batch(model, batch.numpy(), tta)
+def read_original(image_path, mask_path) -> tuple[np.ndarray, np.ndarray]:
+    """An image as RGB uint8 and its class-index mask, at their original size."""
+    return np.asarray(Image.open(image_path).convert("RGB")), np.asarray(Image.open(mask_path))
 
 
 def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) -> np.ndarray:
@@ -44,18 +45,26 @@ def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) ->
     return out
 
 
-def score_split(predictions, truths, classes) -> dict:
-    cm = sum(metrics.confusion_matrix(t, p, len(classes)) for t, p in zip(truths, predictions))
-    return {**metrics.scores(cm, classes), "confusion_matrix": cm.tolist()}
+def score_images(pairs, label_maps: Callable[[np.ndarray], dict], classes: list, keep: str | None = None,
+                 out_dir: Path | None = None, desc: str = "scoring") -> tuple[dict, dict]:
+    """Stream ``(stem, image, mask)`` pairs through ``label_maps(image) -> {name: labels}``.
 
-
-def per_image_iou(predictions, truths, ids, num_classes) -> dict:
-    """Mean IoU of each image over the classes in its truth or prediction, so an invented object counts."""
-    result = {}
-    for i, t, p in zip(ids, truths, predictions):
-        ious = metrics.scores(metrics.confusion_matrix(t, p, num_classes), list(range(num_classes)))["per_class_iou"]
-        result[i] = float(np.mean([v for v in ious.values() if v is not None]))
-    return result
+    Returns the scores of every name from its confusion matrix over all images, and, for
+    the name ``keep``, each image's mean IoU (its labels are also saved to ``out_dir``).
+    """
+    n = len(classes)
+    totals, per_image = {}, {}
+    for stem, image_path, mask_path in tqdm(pairs, desc=desc):
+        image, truth = read_original(image_path, mask_path)
+        for name, labels in label_maps(image).items():
+            cm = metrics.confusion_matrix(truth, labels, n)
+            totals[name] = totals.get(name, 0) + cm
+            if name == keep:
+                per_image[stem] = metrics.image_mean_iou(cm)
+                if out_dir is not None:
+                    Image.fromarray(labels.astype(np.uint8)).save(out_dir / f"{stem}.png")
+    scores = {name: {**metrics.scores(cm, classes), "confusion_matrix": cm.tolist()} for name, cm in totals.items()}
+    return scores, per_image
 
 
 def _variants(cfg):
@@ -72,56 +81,46 @@ def _name(variant: dict) -> str:
     return "+".join(p for p in parts if p) or "plain"
 
 
-def evaluate_model(model, summary: dict, cfg, run: RunDir, manifest: dict) -> tuple[dict, list]:
-    """Pick the variant with the best validation mean IoU; report plain and chosen on test."""
-    classes = manifest["classes"]
-    norm = summary["normalization"]
-    found = {}
-    for split in ("val", "test"):
-        images, _ = data_loading.split_paths(run, manifest, split)
-        for tta in {v["tta"] for v in _variants(cfg)}:
-            found[split, tta] = [np.argmax(p, -1).astype(np.uint8)
-                                 for p in predict_probabilities(model, images, norm, tta, cfg.inference.batch_size)]
-    truths = {s: split_truth(run, manifest, s) for s in ("val", "test")}
-    table = {}
-    for variant in _variants(cfg):
-        row = {}
-        for split in ("val", "test"):
-            labels = [postprocess(p, variant["min_component_size"], variant["opening"]) for p in found[split, variant["tta"]]]
-            row[split] = labels
-            row[f"{split}_mean_iou"] = score_split(labels, truths[split], classes)["mean_iou"]
-        table[_name(variant)] = {**variant, **row}
-    simplest_first = lambda k: (table[k]["val_mean_iou"], -(table[k]["tta"] + bool(table[k]["min_component_size"]) + table[k]["opening"]))
-    chosen = max(table, key=simplest_first)  # on a tie, the variant with fewer options
-    ids = data_loading.split_ids(manifest, "test")
-    plain = score_split(table["plain"]["test"], truths["test"], classes)
-    after = score_split(table[chosen]["test"], truths["test"], classes)
-    result = {
-        **plain,
-        "per_image_iou": per_image_iou(table[chosen]["test"], truths["test"], ids, len(classes)),  # as saved
-        "selected_on_val": {k: table[chosen][k] for k in ("tta", "min_component_size", "opening")} | {"name": chosen},
-        "variants": {k: {"val_mean_iou": v["val_mean_iou"], "test_mean_iou": v["test_mean_iou"]} for k, v in table.items()},
-        "with_selected": {k: after[k] for k in ("mean_iou", "mean_dice", "pixel_accuracy", "per_class_iou")},
+def variant_labels(predictor, image: np.ndarray, variants: list[dict], cfg) -> dict:
+    """The label map of every option for one image; each test-time setting is predicted once."""
+    probabilities = {tta: inference.predict_image(predictor, image, cfg.inference.tile_overlap, cfg.inference.batch_size, tta)
+                     for tta in {v["tta"] for v in variants}}
+    return {_name(v): postprocess(np.argmax(probabilities[v["tta"]], -1).astype(np.uint8), v["min_component_size"],
+                                  v["opening"]) for v in variants}
+
+
+def evaluate_model(predictor, cfg, run: RunDir, manifest: dict, out_dir: Path | None = None) -> dict:
+    """Pick the option with the best validation mean IoU; report plain and chosen on test."""
+    classes, variants = manifest["classes"], _variants(cfg)
+    label_maps = lambda image: variant_labels(predictor, image, variants, cfg)
+    val, _ = score_images(data_loading.original_pairs(run, manifest, "val"), label_maps, classes, desc="validation")
+    options = {_name(v): v for v in variants}
+    simplest_first = lambda k: (val[k]["mean_iou"], -sum(map(bool, options[k].values())))
+    chosen = max(val, key=simplest_first)  # on a tie, the option with fewer parts
+    test, per_image = score_images(data_loading.original_pairs(run, manifest, "test"), label_maps, classes,
+                                   keep=chosen, out_dir=out_dir, desc="test")
+    return {
+        **test["plain"],
+        "per_image_iou": per_image,  # of the chosen option, as saved in predictions/
+        "selected_on_val": {**options[chosen], "name": chosen},
+        "variants": {k: {"val_mean_iou": val[k]["mean_iou"], "test_mean_iou": test[k]["mean_iou"]} for k in options},
+        "with_selected": {k: test[chosen][k] for k in ("mean_iou", "mean_dice", "pixel_accuracy", "per_class_iou")},
     }
-    return result, table[chosen]["test"]
 
 
 def evaluate_all(cfg, run: RunDir, log=print) -> dict:
     """Score every trained model on the test split; write metrics.json, comparison.csv and predictions/."""
     manifest = data_loading.load_manifest(run)
     summaries = training.load_training(run)
-    ids = data_loading.split_ids(manifest, "test")
     run.start("evaluation")
     results = {}
     with atomic_dir(run.path("predictions")) as out:
         for arch, summary in summaries.items():
             log(f"evaluating {arch} ...")
-            model = training.load_model(run.path(summary["model"]))
-            results[arch], labels = evaluate_model(model, summary, cfg, run, manifest)
             (out / arch).mkdir()
-            for item_id, label in zip(ids, labels):
-                Image.fromarray(label).save(out / arch / f"{item_id}.png")
-    report = {"split": "test", "classes": manifest["classes"], "models": results}
+            predictor = inference.Predictor.load(run.path(summary["model"]))
+            results[arch] = evaluate_model(predictor, cfg, run, manifest, out / arch)
+    report = {"split": "test", "resolution": "original", "classes": manifest["classes"], "models": results}
     write_json(run.path("metrics.json"), report)
     write_text(run.path("comparison.csv"), comparison_csv(report))
     run.record("evaluation", {"metrics": "metrics.json", "comparison": "comparison.csv", "predictions": "predictions"},
@@ -166,31 +165,27 @@ def load_metrics(run: RunDir) -> dict:
 
 
 def baselines(cfg, run: RunDir, split: str = "val") -> dict:
-    """What a trained model must beat: the majority class everywhere, and the same network untrained."""
+    """Each trained model beside what it must beat: the majority class everywhere, and the same network untrained.
+
+    One pass over the split's original images, scored like notebook 04 (no options).
+    """
     manifest = data_loading.load_manifest(run)
     classes = manifest["classes"]
-    truths = split_truth(run, manifest, split)
-    train_pixels = np.array(manifest["splits"]["train"]["pixels"])
-    results = {"majority class": score_split([np.full_like(t, int(np.argmax(train_pixels))) for t in truths],
-                                             truths, classes)}
-    images, _ = data_loading.split_paths(run, manifest, split)
+    majority = int(np.argmax(manifest["splits"]["train"]["pixels"]))
+    predictors = {arch: inference.Predictor.load(run.path(s["model"])) for arch, s in training.load_training(run).items()}
     norm = pipeline.encoder_normalization(cfg.model.backbone)
     for arch in cfg.model.architectures:
         untrained = training.build_model(arch, cfg.model.backbone, len(classes), manifest["image_size"], None,
                                          cfg.model.pspnet_downsample_factor)
-        labels = [np.argmax(p, -1) for p in predict_probabilities(untrained, images, norm)]
-        results[f"{arch} untrained"] = score_split(labels, truths, classes)
-    return results
+        predictors[f"{arch} untrained"] = inference.Predictor(untrained, classes, manifest["colors"], norm,
+                                                              manifest["image_size"], tuple(manifest["pixel_scale"]))
 
+    def label_maps(image):
+        maps = {"majority class": np.full(image.shape[:2], majority, np.uint8)}
+        for name, predictor in predictors.items():
+            maps[name] = np.argmax(inference.predict_image(predictor, image, cfg.inference.tile_overlap,
+                                                           cfg.inference.batch_size), -1)
+        return maps
 
-def score_trained(run: RunDir, split: str = "val") -> dict:
-    """Dataset-level scores of each trained model on ``split``, no options."""
-    manifest = data_loading.load_manifest(run)
-    truths = split_truth(run, manifest, split)
-    images, _ = data_loading.split_paths(run, manifest, split)
-    results = {}
-    for arch, summary in training.load_training(run).items():
-        model = training.load_model(run.path(summary["model"]))
-        labels = [np.argmax(p, -1) for p in predict_probabilities(model, images, summary["normalization"])]
-        results[arch] = score_split(labels, truths, manifest["classes"])
-    return results
+    scores, _ = score_images(data_loading.original_pairs(run, manifest, split), label_maps, classes, desc=split)
+    return scores

@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seglab import pipeline, plots, sources
+from seglab import metrics, pipeline, plots, sources
 from seglab.artifacts import atomic_file, write_text
-from seglab.data_loading import tile_starts
+from seglab.data_loading import original_pairs, tile_starts
+from seglab.demo_data import make_sample
 
 
 @dataclass
@@ -117,7 +118,10 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     atomic_file(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
-def list_inputs(path: str | Path) -> list[Path]:
+def list_inputs(path: str | Path | list) -> list[Path]:
+    """The images named by a file, a folder or a list of files."""
+    if isinstance(path, (list, tuple)):
+        return [Path(p) for p in path]
     path = Path(path)
     if path.is_file():
         return [path]
@@ -126,7 +130,29 @@ def list_inputs(path: str | Path) -> list[Path]:
     return list(sources.image_files(path).values())  # one output name per stem: a.png and a.jpg would clash
 
 
-def predict_folder(predictor: Predictor, inputs: str | Path, output: str | Path, overlap: float = 0.5,
+def example_inputs(cfg, run, manifest: dict, count: int = 3) -> list[tuple[Path, Path | None]]:
+    """(image, true mask or None) to show notebook 06 on: the user's own images first.
+
+    ``inference.input`` when set (no masks); otherwise the ``count`` largest held-out test
+    images at their original size, with their masks. For the demo source only, a generated
+    scene eight times a training image's side is added, to show tiling on a large image.
+    """
+    if cfg.inference.input:
+        return [(path, None) for path in list_inputs(cfg.inference.input)]
+    by_area = sorted(original_pairs(run, manifest, "test"), key=lambda p: -np.prod(Image.open(p[1]).size))
+    examples = [(image, mask) for _, image, mask in by_area[:count]]
+    if manifest["source"]["kind"] == "demo":
+        tile = manifest["image_size"]
+        scene, truth = make_sample(np.random.default_rng(7), tile * 8, object_scale=tile)
+        folder = run.path("inference", "demo_scene")
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_png(folder / "large_scene.png", scene)
+        _save_png(folder / "large_scene_truth.png", truth)
+        examples.append((folder / "large_scene.png", folder / "large_scene_truth.png"))
+    return examples
+
+
+def predict_folder(predictor: Predictor, inputs: str | Path | list, output: str | Path, overlap: float = 0.5,
                    batch_size: int = 8, tta: bool = False, overlays: bool = True, log=print) -> dict:
     """Write ``NAME_mask.png`` (class indices), ``NAME_color.png``, ``NAME_overlay.png`` and ``class_areas.csv``.
 
@@ -159,3 +185,28 @@ def predict_folder(predictor: Predictor, inputs: str | Path, output: str | Path,
         writer.writerows(rows)
         write_text(output / "class_areas.csv", buffer.getvalue())
     return {"predicted": [r["image"] for r in rows], "failed": failed, "areas": rows}
+
+
+def _read_examples(predictor: Predictor, examples, output: Path):
+    for image_path, truth_path in examples:
+        image = sources.read_image(image_path)
+        prediction = np.asarray(Image.open(Path(output) / f"{Path(image_path).stem}_mask.png"))
+        truth = np.asarray(Image.open(truth_path)) if truth_path else None
+        yield Path(image_path).stem, image, truth, prediction
+
+
+def examples_figure(predictor: Predictor, examples, output: str | Path):
+    """Each example as image, true mask (when known), prediction and overlay, at its own size."""
+    rows, known = [], any(truth for _, truth in examples)
+    for _, image, truth, prediction in _read_examples(predictor, examples, output):
+        truth_panel = [truth if truth is not None else np.full(prediction.shape, sources.IGNORE, np.uint8)] if known else []
+        rows.append([image, *truth_panel, prediction, overlay(image, prediction, predictor.colors)])
+    titles = ["image", *(["true mask"] if known else []), "prediction", "overlay"]
+    return plots.image_grid(rows, titles, predictor.classes, predictor.colors, size=3.2)
+
+
+def example_scores(predictor: Predictor, examples, output: str | Path) -> dict:
+    """Mean IoU of each example whose true mask is known, from its confusion matrix."""
+    n = len(predictor.classes)
+    return {stem: metrics.scores(metrics.confusion_matrix(truth, prediction, n), predictor.classes)["mean_iou"]
+            for stem, _, truth, prediction in _read_examples(predictor, examples, output) if truth is not None}

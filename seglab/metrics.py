@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from seglab.sources import IGNORE
+
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows are true classes, columns predicted ones (scikit-learn's convention)."""
-    index = truth.astype(np.int64).ravel() * num_classes + prediction.astype(np.int64).ravel()
+    """Rows are true classes, columns predicted ones (scikit-learn's convention).
+
+    Pixels whose truth is the ignore label are left out: they belong to no class.
+    """
+    truth, prediction = truth.ravel(), prediction.ravel()
+    if truth.max(initial=0) == IGNORE:
+        keep = truth != IGNORE
+        truth, prediction = truth[keep], prediction[keep]
+    index = truth.astype(np.int64) * num_classes + prediction.astype(np.int64)
     return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
@@ -38,3 +47,11 @@ def scores(cm: np.ndarray, names: list[str]) -> dict:
         "per_class_precision": per_class(np.where(present | (predicted > 0), precision, np.nan)),
         "per_class_recall": per_class(recall),
     }
+
+
+def image_mean_iou(cm: np.ndarray) -> float:
+    """One image's mean IoU over the classes in its truth or prediction, so an invented object counts."""
+    cm = cm.astype(np.float64)
+    tp, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    seen = union > 0
+    return float(np.mean(tp[seen] / union[seen])) if seen.any() else 1.0

@@ -74,10 +74,3 @@ def make_dataset(image_paths, mask_paths, num_classes: int, norm: dict, batch_si
     ds = ds.map(lambda image, mask: (normalize(image, norm), tf.one_hot(mask[..., 0], num_classes)),
                 num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
-
-
-def make_image_dataset(image_paths, norm: dict, batch_size: int):
-    """Normalised images only, in file order, for prediction."""
-    ds = tf.data.Dataset.from_tensor_slices(list(image_paths))
-    ds = ds.map(lambda p: normalize(tf.io.decode_png(tf.io.read_file(p), channels=3), norm), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)

@@ -10,10 +10,16 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from seglab.artifacts import RunDir, save_figure
+from seglab.sources import IGNORE
+
+IGNORE_COLOR = [128, 128, 128]  # neutral grey for pixels the labels leave out
 
 
 def colorize(mask: np.ndarray, colors: list) -> np.ndarray:
-    return np.asarray(colors, np.uint8)[mask]
+    """Class colours; the ignore label (and any value beyond the classes) in neutral grey."""
+    lut = np.tile(np.asarray(IGNORE_COLOR, np.uint8), (IGNORE + 1, 1))
+    lut[: len(colors)] = colors
+    return lut[mask]
 
 
 def add_legend(fig, classes: list, colors: list) -> None:

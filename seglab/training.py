@@ -7,22 +7,23 @@ resumes from the last finished epoch when it is run again.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from seglab import data_loading, pipeline
 from seglab.artifacts import RunDir, atomic_file, read_json, write_json
-from seglab.class_weights import load_class_weights
 from seglab.backend import keras, sm, tf
 from seglab.config import ConfigError
 
 SM_MODELS = {"unet": sm.Unet, "fpn": sm.FPN, "pspnet": sm.PSPNet, "linknet": sm.Linknet}
 PSPNET_MULTIPLE = {4: 24, 8: 48, 16: 96}  # the pyramid pools need these divisors at each downsample factor
-MONITOR = "val_iou_score"
+MONITOR = "val_mean_iou"
 
 
 def input_multiple(arch: str, downsample_factor: int = 8) -> int:
@@ -105,19 +106,63 @@ def set_precision(setting: str) -> str:
 
 
 def make_loss(kind: str, class_weights):
-    """Dice (+ focal or cross-entropy); weights scaled to mean 1 so Dice loss stays in [0, 1]."""
+    """Dice (+ focal or cross-entropy); weights scaled to mean 1 so Dice loss stays in [0, 1].
+
+    Ignored pixels arrive as all-zero one-hot rows; zeroing the prediction there too
+    takes them out of every term (Dice would otherwise count them as false positives).
+    """
     weights = np.asarray(class_weights, np.float32)
     weights = weights / weights.mean()
     dice = sm.losses.DiceLoss(class_weights=weights)
     if kind == "dice+focal":
-        return dice + sm.losses.CategoricalFocalLoss()
-    if kind == "dice+crossentropy":
-        return dice + sm.losses.CategoricalCELoss(class_weights=weights)
-    return dice
+        loss = dice + sm.losses.CategoricalFocalLoss()
+    elif kind == "dice+crossentropy":
+        loss = dice + sm.losses.CategoricalCELoss(class_weights=weights)
+    else:
+        loss = dice
+
+    def masked_loss(y_true, y_pred):
+        labelled = tf.reduce_sum(y_true, axis=-1, keepdims=True)
+        return loss(y_true, y_pred * tf.cast(labelled, y_pred.dtype))
+
+    masked_loss.__name__ = kind.replace("+", "_")
+    return masked_loss
 
 
-def metrics():
-    return [sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)]
+class MeanIoU(keras.metrics.Metric):
+    """Dataset-level mean IoU of the argmax, from one confusion matrix per epoch, as notebook 04 scores.
+
+    segmentation_models' ``IOUScore`` thresholds each class's probability, averages over
+    batches and scores a class absent from a batch as about 1; choosing checkpoints by it
+    need not choose the model with the best reported score. Ignored pixels (all-zero
+    one-hot rows) are left out; the mean is over classes present in the truth.
+    """
+
+    def __init__(self, num_classes: int, name: str = "mean_iou", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.confusion = self.add_weight("confusion", shape=(num_classes, num_classes), initializer="zeros",
+                                         dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labelled = tf.reduce_sum(y_true, axis=-1) > 0
+        truth = tf.boolean_mask(tf.argmax(y_true, axis=-1), labelled)
+        predicted = tf.boolean_mask(tf.argmax(y_pred, axis=-1), labelled)
+        self.confusion.assign_add(tf.math.confusion_matrix(truth, predicted, self.num_classes, dtype=tf.float64))
+
+    def result(self):
+        tp = tf.linalg.diag_part(self.confusion)
+        truth, predicted = tf.reduce_sum(self.confusion, 1), tf.reduce_sum(self.confusion, 0)
+        iou = tf.math.divide_no_nan(tp, truth + predicted - tp)
+        present = truth > 0
+        return tf.math.divide_no_nan(tf.reduce_sum(tf.boolean_mask(iou, present)),
+                                     tf.cast(tf.math.count_nonzero(present), tf.float64))
+
+    def reset_state(self):
+        self.confusion.assign(tf.zeros_like(self.confusion))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 def _schedule(cfg):
@@ -134,91 +179,139 @@ def _logged_epochs(csv_path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra_callbacks=(), log=print) -> dict:
-    """Train one architecture; write ``models/ARCH.keras`` and ``history/ARCH.json``; return a summary."""
+@dataclass
+class Plan:
+    """Everything ``model.fit`` needs for one architecture besides the model itself."""
+    arch: str
+    num_classes: int
+    input_size: int
+    train: object
+    val: object
+    callbacks: list
+    resumed: bool
+    global_batch_size: int
+    replicas: int
+    paths: dict
+
+
+def fingerprint(arch: str, cfg, run: RunDir) -> dict:
+    """What a training state depends on: the dataset and class weights it read, and its settings."""
+    steps = run.manifest()["steps"]
+    return {"arch": arch, "data": steps.get("data", {}).get("id"), "class_weights": steps.get("class_weights", {}).get("id"),
+            "model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
+            "augment": cfg.data.augment, "seed": cfg.seed}
+
+
+def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print) -> Plan:
+    """Input pipelines, callbacks and the resume decision for one architecture.
+
+    Training resumes from ``train_state/ARCH`` only when that state was saved for the same
+    dataset, class weights and settings; otherwise it starts fresh and says so.
+    """
+    run.start("training")  # its outputs are being rewritten: the old record is not to be trusted meanwhile
     manifest = data_loading.load_manifest(run)
     num_classes, size = len(manifest["classes"]), manifest["image_size"]
-    strategy = strategy or choose_strategy(cfg.train.strategy)
-    global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
     norm = pipeline.encoder_normalization(cfg.model.backbone)
     train_images, train_masks = data_loading.split_paths(run, manifest, "train")
-    if len(train_images) < global_batch:
-        raise ConfigError(f"{len(train_images)} training samples cannot fill one batch of {global_batch}; "
-                          f"lower train.batch_size")
-    train = pipeline.make_dataset(train_images, train_masks, num_classes, norm, global_batch, training=True,
+    batch = data_loading.fit_batch_size(len(train_images), cfg.train.batch_size, replicas, log=log)
+    train = pipeline.make_dataset(train_images, train_masks, num_classes, norm, batch * replicas, training=True,
                                   augment=cfg.data.augment, seed=cfg.seed, repeat=cfg.train.steps_per_epoch is not None)
-    val = pipeline.make_dataset(*data_loading.split_paths(run, manifest, "val"), num_classes, norm, global_batch)
+    val = pipeline.make_dataset(*data_loading.split_paths(run, manifest, "val"), num_classes, norm, batch * replicas)
 
-    state_dir = run.path("train_state", arch)
-    log_csv = run.path("history", f"{arch}.csv")
-    best_weights = run.path("checkpoints", arch, "best")  # TF checkpoint format: HDF5 fails under MirroredStrategy
-    resumed = state_dir.exists() and any(state_dir.iterdir())
-    if not resumed:  # a fresh start: an old log or checkpoint would mix two trainings
-        log_csv.unlink(missing_ok=True)
-        shutil.rmtree(best_weights.parent, ignore_errors=True)
-    for folder in (state_dir, log_csv.parent, best_weights.parent):
+    paths = {"state": run.path("train_state", arch), "fingerprint": run.path("train_state", f"{arch}.json"),
+             "log": run.path("history", f"{arch}.csv"),
+             "best": run.path("checkpoints", arch, "best")}  # TF checkpoint format: HDF5 fails under MirroredStrategy
+    current = fingerprint(arch, cfg, run)
+    saved = read_json(paths["fingerprint"]) if paths["fingerprint"].exists() else None
+    has_state = paths["state"].exists() and any(paths["state"].iterdir())
+    resumed = has_state and saved == current
+    if has_state and not resumed:
+        log(f"{arch}: the saved training state is from another dataset, class weights or settings; starting fresh.")
+    if not resumed:  # a fresh start: an old state, log or checkpoint would mix two trainings
+        shutil.rmtree(paths["state"], ignore_errors=True)
+        paths["log"].unlink(missing_ok=True)
+        shutil.rmtree(paths["best"].parent, ignore_errors=True)
+        write_json(paths["fingerprint"], current)
+    for folder in (paths["state"], paths["log"].parent, paths["best"].parent):
         folder.mkdir(parents=True, exist_ok=True)
-    best_so_far = max((row[MONITOR] for row in _logged_epochs(log_csv)), default=None)
-
-    with strategy.scope():
-        model = build_model(arch, cfg.model.backbone, num_classes, size, cfg.model.encoder_weights,
-                            cfg.model.pspnet_downsample_factor, log=log)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
-                      loss=make_loss(cfg.train.loss, class_weights), metrics=metrics())
+    best_so_far = max((row[MONITOR] for row in _logged_epochs(paths["log"])), default=None)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(state_dir)),
-        keras.callbacks.ModelCheckpoint(str(best_weights), monitor=MONITOR, mode="max", save_best_only=True,
+        keras.callbacks.BackupAndRestore(str(paths["state"])),
+        keras.callbacks.ModelCheckpoint(str(paths["best"]), monitor=MONITOR, mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
-        keras.callbacks.CSVLogger(str(log_csv), append=True),
+        keras.callbacks.CSVLogger(str(paths["log"]), append=True),
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
         _schedule(cfg),
         *extra_callbacks,
     ]
-    start = time.perf_counter()
-    model.fit(train, validation_data=val, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
-              callbacks=callbacks, verbose=2)
-    seconds = time.perf_counter() - start
-    if best_weights.with_suffix(".index").exists():
-        model.load_weights(str(best_weights)).expect_partial()
-    export = keras.Model(model.inputs, model.outputs)  # uncompiled: no optimizer state in the export
+    return Plan(arch, num_classes, size, train, val, callbacks, resumed, batch * replicas, replicas, paths)
+
+
+def export_float32(model, arch: str, cfg, num_classes: int, input_size: int):
+    """The trained weights in a float32 model without optimizer state, whatever policy trained them.
+
+    A model trained under ``mixed_float16`` would otherwise be saved with float16 layers
+    and predict slowly in float16 on a laptop CPU.
+    """
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        export = build_model(arch, cfg.model.backbone, num_classes, input_size, None, cfg.model.pspnet_downsample_factor)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    export.set_weights(model.get_weights())
+    return export
+
+
+def finish(model, plan: Plan, cfg, run: RunDir, seconds: float) -> dict:
+    """Keep the best epoch's weights, save them as ``models/ARCH.keras`` with its sidecar, and summarise."""
+    arch = plan.arch
+    if plan.paths["best"].with_suffix(".index").exists():
+        model.load_weights(str(plan.paths["best"])).expect_partial()
+    manifest = data_loading.load_manifest(run)
+    export = export_float32(model, arch, cfg, plan.num_classes, plan.input_size)
     model_path = run.path("models", f"{arch}.keras")
     atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
     info = {"architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
-            "colors": manifest["colors"], "normalization": norm, "input_size": size,
-            "pixel_scale": manifest["pixel_scale"]}
+            "colors": manifest["colors"], "normalization": pipeline.encoder_normalization(cfg.model.backbone),
+            "input_size": plan.input_size, "pixel_scale": manifest["pixel_scale"]}
     write_json(model_path.with_suffix(".json"), info)  # what prediction needs, beside the model
-    epochs = _logged_epochs(log_csv)
+    epochs = _logged_epochs(plan.paths["log"])
     summary = {
-        **info, "model": f"models/{arch}.keras", "epochs": len(epochs), "resumed": resumed,
-        "seconds": round(seconds, 1), "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+        **info, "model": f"models/{arch}.keras", "epochs": len(epochs), "resumed": plan.resumed,
+        "seconds": round(seconds, 1), "replicas": plan.replicas, "global_batch_size": plan.global_batch_size,
         "precision": keras.mixed_precision.global_policy().name,
-        "best_val_iou": max((e[MONITOR] for e in epochs), default=None),
+        "best_val_mean_iou": max((e[MONITOR] for e in epochs), default=None),
     }
     write_json(run.path("history", f"{arch}.json"), {"summary": summary, "epochs": epochs})
     return summary
 
 
-def train_all(cfg, run: RunDir, log=print) -> dict:
-    """Train every configured architecture in turn and record the step."""
-    size = data_loading.load_manifest(run)["image_size"]
-    for arch in cfg.model.architectures:  # all sizes checked before the first model trains
-        check_input_size(arch, size, cfg.model.pspnet_downsample_factor)
-    weights = load_class_weights(run)["weights"]
-    run.start("training")
-    set_precision(cfg.train.mixed_precision)
-    strategy = choose_strategy(cfg.train.strategy)
-    summaries = {}
-    for arch in cfg.model.architectures:
-        log(f"--- {arch} ({cfg.model.backbone}) ---")
-        summaries[arch] = train_model(arch, cfg, run, weights, strategy, log=log)
+def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra_callbacks=(), log=print) -> dict:
+    """Notebook 03's cells for one architecture in one call (tests and benchmarks use it)."""
+    strategy = strategy or choose_strategy(cfg.train.strategy)
+    plan = prepare(arch, cfg, run, strategy, extra_callbacks, log)
+    with strategy.scope():
+        model = build_model(arch, cfg.model.backbone, plan.num_classes, plan.input_size, cfg.model.encoder_weights,
+                            cfg.model.pspnet_downsample_factor, log=log)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+                      loss=make_loss(cfg.train.loss, class_weights), metrics=[MeanIoU(plan.num_classes)])
+    start = time.perf_counter()
+    model.fit(plan.train, validation_data=plan.val, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
+              callbacks=plan.callbacks, verbose=2)
+    return finish(model, plan, cfg, run, time.perf_counter() - start)
+
+
+def record(cfg, run: RunDir, summaries: dict) -> None:
+    """Register step 03 once every architecture is trained and saved."""
     write_json(run.path("training.json"), summaries)
     outputs = {"summary": "training.json"}
     outputs.update({f"model_{a}": s["model"] for a, s in summaries.items()})
     outputs.update({f"model_info_{a}": f"models/{a}.json" for a in summaries})
     outputs.update({f"history_{a}": f"history/{a}.json" for a in summaries})
     run.record("training", outputs, config=cfg, inputs=("data", "class_weights"))
-    return summaries
 
 
 def load_model(path):
@@ -240,10 +333,10 @@ def curves_figure(run: RunDir, architectures):
         x = [int(e["epoch"]) + 1 for e in epochs]
         line, = loss_ax.plot(x, [e["loss"] for e in epochs], label=f"{arch} train")
         loss_ax.plot(x, [e["val_loss"] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
-        iou_ax.plot(x, [e["iou_score"] for e in epochs], color=line.get_color(), label=f"{arch} train")
+        iou_ax.plot(x, [e["mean_iou"] for e in epochs], color=line.get_color(), label=f"{arch} train")
         iou_ax.plot(x, [e[MONITOR] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: validation)")
-    iou_ax.set(xlabel="epoch", ylabel="IoU", title="IoU (solid: train, dashed: validation)", ylim=(0, 1))
+    iou_ax.set(xlabel="epoch", ylabel="mean IoU", title="Mean IoU (solid: train, dashed: validation)", ylim=(0, 1))
     iou_ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

@@ -7,24 +7,26 @@ from PIL import Image
 
 from seglab import data_loading, plots
 from seglab.artifacts import RunDir
+from seglab.sources import IGNORE
 
-ERROR_COLORS = [[40, 40, 40], [255, 0, 60]]  # correct pixel, wrong pixel
+ERROR_COLORS = [[40, 40, 40], [255, 0, 60], plots.IGNORE_COLOR]  # correct pixel, wrong pixel, ignored pixel
 
 
-def _load(run: RunDir, arch: str, item_id: str):
-    image = np.asarray(Image.open(run.path("dataset", "images", f"{item_id}.png")))
-    truth = np.asarray(Image.open(run.path("dataset", "masks", f"{item_id}.png")))
-    prediction = np.asarray(Image.open(run.path("predictions", arch, f"{item_id}.png")))
+def _load(run: RunDir, arch: str, stem: str, originals: dict):
+    """A test image and its mask at their original size (notebook 01), and the prediction notebook 04 saved."""
+    image, truth = (np.asarray(Image.open(p)) for p in originals[stem])
+    prediction = np.asarray(Image.open(run.path("predictions", arch, f"{stem}.png")))
     return image, truth, prediction
 
 
 def comparison_figure(run: RunDir, manifest: dict, arch: str, ids: list[str], labels: list[str] | None = None):
-    """Image, ground truth, prediction and error map (red: wrong) side by side."""
+    """Image, ground truth, prediction and error map (red: wrong, grey: ignored) side by side."""
     rows, titles = [], ["image", "ground truth", f"{arch} prediction", "errors (red)"]
-    for item_id in ids:
-        image, truth, prediction = _load(run, arch, item_id)
-        errors = np.asarray(ERROR_COLORS, np.uint8)[(truth != prediction).astype(np.uint8)]
-        rows.append([image, truth, prediction, errors])
+    originals = {stem: (image, mask) for stem, image, mask in data_loading.original_pairs(run, manifest, "test")}
+    for stem in ids:
+        image, truth, prediction = _load(run, arch, stem, originals)
+        errors = np.where(truth == IGNORE, 2, truth != prediction).astype(np.uint8)
+        rows.append([image, truth, prediction, np.asarray(ERROR_COLORS, np.uint8)[errors]])
     fig = plots.image_grid(rows, titles, manifest["classes"], manifest["colors"])
     for row, text in zip(fig.axes[:: len(titles)], labels or []):
         row.set_ylabel(text, fontsize=9)

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
-from seglab import evaluation, pipeline
+from seglab import evaluation, inference, metrics
 from seglab.backend import keras
 
 
@@ -17,45 +19,79 @@ def test_postprocess_removes_small_components_and_keeps_large_ones():
     np.testing.assert_array_equal(evaluation.postprocess(labels), labels)
 
 
-def test_flip_tta_equals_plain_prediction_for_a_flip_equivariant_model(tmp_path):
+def test_tta_averages_the_four_flips_each_flipped_back():
+    """A model that is not flip-equivariant: TTA must differ from plain, and equal the flips' mean."""
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, 3))
-    model = keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs))
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-        paths.append(str(tmp_path / f"{i}.png"))
-    norm = pipeline.encoder_normalization("mobilenetv2")
-    plain = list(evaluation.predict_probabilities(model, paths, norm, tta=False, batch_size=2))
-    tta = list(evaluation.predict_probabilities(model, paths, norm, tta=True, batch_size=2))
-    assert len(plain) == 3 and plain[0].shape == (16, 24, 3)
-    np.testing.assert_allclose(np.stack(plain), np.stack(tta), atol=1e-6)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same", activation="softmax")(inputs))
+    batch = np.random.default_rng(0).normal(size=(2, 16, 24, 3)).astype(np.float32)
+    plain = inference.predict_batch(model, batch)
+    tta = inference.predict_batch(model, batch, tta=True)
+    by_hand = np.mean([np.flip(model.predict(np.flip(batch, axes), verbose=0), axes)
+                       for axes in [(), (1,), (2,), (1, 2)]], axis=0)
+    np.testing.assert_allclose(tta, by_hand, atol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-3
 
 
-def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config):
+def _write(folder: Path, name: str, array) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(folder / f"{name}.png")
+    return folder / f"{name}.png"
+
+
+def _originals(tmp_path, truths: dict) -> dict:
+    """``{split: [(stem, image, mask)]}`` for made-up originals, as notebook 01 lists them."""
+    pairs = {}
+    for split, masks in truths.items():
+        pairs[split] = [(f"{split}{i}", _write(tmp_path / "images", f"{split}{i}", np.zeros(m.shape + (3,))),
+                         _write(tmp_path / "masks", f"{split}{i}", m)) for i, m in enumerate(masks)]
+    return pairs
+
+
+def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp_path):
     """Post-processing that helps on validation but hurts on test is still the one chosen."""
     cfg = make_config("evaluation.tta=false", "evaluation.min_component_sizes=[0, 5]")
-    manifest = {"classes": ["bg", "fg"], "items": [{"id": "v", "split": "val"}, {"id": "t", "split": "test"}]}
     noisy = np.zeros((8, 8), np.uint8)
     noisy[0, 0] = 1  # an isolated pixel: noise in val's prediction, a true speck in test
-    truths = {"val": [np.zeros((8, 8), np.uint8)], "test": [noisy.copy()]}
-    monkeypatch.setattr(evaluation, "split_truth", lambda run, manifest, split: truths[split])
-    monkeypatch.setattr(evaluation.data_loading, "split_paths", lambda run, manifest, split: ([split], [split]))
-    one_hot = np.eye(2)[noisy]
-    monkeypatch.setattr(evaluation, "predict_probabilities", lambda *a, **k: iter([one_hot]))
-    result, labels = evaluation.evaluate_model(None, {"normalization": {}}, cfg, None, manifest)
+    pairs = _originals(tmp_path, {"val": [np.zeros((8, 8), np.uint8)], "test": [noisy.copy()]})
+    monkeypatch.setattr(evaluation.data_loading, "original_pairs", lambda run, manifest, split: pairs[split])
+    monkeypatch.setattr(evaluation.inference, "predict_image", lambda *a, **k: np.eye(2)[noisy])
+    out = tmp_path / "predictions"
+    out.mkdir()
+    result = evaluation.evaluate_model(None, cfg, None, {"classes": ["bg", "fg"]}, out)
     chosen = result["selected_on_val"]["name"]
     assert chosen in ("remove<5px", "opening")  # both clean val perfectly; plain does not
     assert result["variants"]["plain"]["val_mean_iou"] < result["variants"][chosen]["val_mean_iou"] == 1.0
     assert result["variants"][chosen]["test_mean_iou"] < result["variants"]["plain"]["test_mean_iou"]
     assert result["mean_iou"] == 1.0 and result["with_selected"]["mean_iou"] < 1.0  # reported before and after
-    assert labels[0][0, 0] == 0
+    assert np.asarray(Image.open(out / "test0.png"))[0, 0] == 0  # the chosen option's labels are saved
 
 
-def test_per_image_iou_counts_invented_objects():
+def test_scores_come_from_original_sizes_streamed_one_image_at_a_time(tmp_path):
+    """Every original pixel counts once, ignored pixels not at all, whatever the image's size."""
+    rng = np.random.default_rng(0)
+    masks = [rng.integers(0, 3, (37, 53)).astype(np.uint8), rng.integers(0, 3, (20, 11)).astype(np.uint8)]
+    masks[1][:5] = 255  # ignored
+    pairs = _originals(tmp_path, {"test": masks})["test"]
+    seen = []
+
+    def label_maps(image):
+        seen.append(image.shape)
+        return {"perfect": masks[len(seen) - 1] % 255, "zeros": np.zeros(image.shape[:2], np.uint8)}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    scores, per_image = evaluation.score_images(pairs, label_maps, ["a", "b", "c"], keep="zeros", out_dir=out)
+    assert seen == [(37, 53, 3), (20, 11, 3)]
+    cm = np.array(scores["perfect"]["confusion_matrix"])
+    assert cm.sum() == 37 * 53 + 20 * 11 - 5 * 11 and (cm == np.diag(np.diag(cm))).all()
+    assert scores["perfect"]["mean_iou"] == 1.0 and scores["zeros"]["mean_iou"] < 0.5
+    assert set(per_image) == {"test0", "test1"} and Image.open(out / "test0.png").size == (53, 37)
+
+
+def test_image_mean_iou_counts_invented_objects():
     truth = np.zeros((10, 10), np.uint8)
     invented = truth.copy()
     invented[:2, :2] = 1
-    scores = evaluation.per_image_iou([truth, invented], [truth, truth], ["clean", "invented"], 2)
-    assert scores["clean"] == 1.0
-    assert scores["invented"] == (0.96 + 0.0) / 2  # background 96/100 and the invented class 0
+    assert metrics.image_mean_iou(metrics.confusion_matrix(truth, truth, 2)) == 1.0
+    assert metrics.image_mean_iou(metrics.confusion_matrix(truth, invented, 2)) == (0.96 + 0.0) / 2

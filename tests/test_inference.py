@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -111,12 +112,39 @@ def test_predict_cli_rejects_a_tile_the_model_cannot_take(tmp_path):
 
 
 def test_a_model_trained_on_resized_images_sees_new_images_at_that_scale():
+    """Shrunk by the training scale to exactly one window, predicted, and brought back to full size."""
     predictor = _predictor()
     predictor.scale = (0.5, 0.25)  # trained on images shrunk to half the height and a quarter the width
     image = np.random.default_rng(3).integers(0, 256, (64, 128, 3), dtype=np.uint8)
     probs = inference.predict_image(predictor, image)
-    assert probs.shape == (64, 128, 3)
-    shrunk = np.asarray(Image.fromarray(image).resize((32, 32), Image.BOX))  # one window at the model's scale
-    expected = predictor.model.predict(shrunk[None].astype(np.float32) / 255, verbose=0)[0]
-    np.testing.assert_allclose(probs[::2, ::4].mean(), expected.mean(), atol=1e-3)
-    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-4)
+    shrunk = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)  # one window at the model's scale
+    window = predictor.model.predict(shrunk[None].astype(np.float32) / 255, verbose=0)[0]
+    expected = cv2.resize(window, (128, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    unscaled = inference.predict_image(inference.Predictor(predictor.model, predictor.classes, COLORS, NORM, 32), image)
+    assert np.abs(unscaled - expected).max() > 0.05  # the scale matters: this test would see it ignored
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "seglab", "predict", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_predict_cli_exit_codes(tmp_path):
+    """0 when every image was segmented, 1 for a missing model or input, 2 for a malformed command."""
+    model_path = tmp_path / "m.keras"
+    _model(32).save(str(model_path))
+    model_path.with_suffix(".json").write_text(json.dumps(
+        {"classes": ["a", "b", "c"], "colors": COLORS, "normalization": NORM, "input_size": 32}))
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "one.png")
+    ok = _cli("--model", model_path, "--input", tmp_path / "one.png", "--output", tmp_path / "o")
+    assert ok.returncode == 0 and "1 image(s) segmented" in ok.stdout, ok.stderr[-2000:]
+    assert (tmp_path / "o" / "one_mask.png").exists()
+    missing_model = _cli("--model", tmp_path / "none.keras", "--input", tmp_path / "one.png", "--output", tmp_path / "p")
+    assert missing_model.returncode == 1 and "none.keras: no such model" in missing_model.stderr
+    missing_input = _cli("--model", model_path, "--input", tmp_path / "nothing", "--output", tmp_path / "q")
+    assert missing_input.returncode == 1 and "nothing: no such file or folder" in missing_input.stderr
+    bad_overlap = _cli("--model", model_path, "--input", tmp_path / "one.png", "--output", tmp_path / "r", "--overlap", "1")
+    assert bad_overlap.returncode == 1 and "--overlap 1.0 must be in [0, 1)" in bad_overlap.stderr
+    malformed = _cli("--model", model_path)
+    assert malformed.returncode == 2 and "required" in malformed.stderr

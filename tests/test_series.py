@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import nbformat
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -75,7 +76,7 @@ def test_step_02_and_03_hand_over_weights_and_models(series_run):
     assert set(summary) == {"unet", "fpn", "pspnet"}
     for arch, s in summary.items():
         assert (run_dir / s["model"]).stat().st_size > 100_000
-        assert s["epochs"] == 2 and 0 <= s["best_val_iou"] <= 1
+        assert s["epochs"] == 2 and 0 <= s["best_val_mean_iou"] <= 1
         history = json.loads((run_dir / "history" / f"{arch}.json").read_text())
         assert len(history["epochs"]) == 2
     assert any((run_dir / "tensorboard" / "unet").rglob("events.out.tfevents.*"))
@@ -87,8 +88,9 @@ def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
-    test_ids = [i["id"] for i in dataset["items"] if i["split"] == "test"]
-    assert metrics["split"] == "test" and set(metrics["models"]) == {"unet", "fpn", "pspnet"}
+    test_ids = dataset["splits"]["test"]["source_ids"]
+    assert metrics["split"] == "test" and metrics["resolution"] == "original"
+    assert set(metrics["models"]) == {"unet", "fpn", "pspnet"}
     for name, m in metrics["models"].items():
         for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
             assert 0 <= m[key] <= 1
@@ -107,13 +109,78 @@ def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
     assert manifest["steps"]["visualization"]["inputs"] == {"evaluation": manifest["steps"]["evaluation"]["id"]}
 
 
-def test_step_06_segments_a_large_image_with_the_saved_model(series_run):
+def test_metrics_json_matches_a_direct_check(series_run):
+    """The reported test mean IoU equals one computed here without seglab's predictor or metrics."""
+    from sklearn.metrics import confusion_matrix
+    from PIL import Image
+
+    from seglab.backend import keras, sm
+
+    run_dir, _ = series_run
+    reported = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]["mean_iou"]
+    model = keras.models.load_model(str(run_dir / "models" / "unet.keras"), compile=False)
+    preprocess = sm.get_preprocessing("resnet18")
+    originals = run_dir / "dataset" / "originals"
+    cm = 0
+    for path in sorted((originals / "images").glob("*.png")):
+        truth = np.asarray(Image.open(originals / "masks" / path.name))
+        if path.stem not in json.loads((run_dir / "dataset" / "dataset.json").read_text())["splits"]["test"]["source_ids"]:
+            continue
+        image = preprocess(np.asarray(Image.open(path).convert("RGB"), np.float32)[None])
+        prediction = model.predict(image, verbose=0)[0].argmax(-1)  # demo images are one window at scale 1
+        cm = cm + confusion_matrix(truth.ravel(), prediction.ravel(), labels=range(4))
+    iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+    assert abs(np.nanmean(iou[cm.sum(1) > 0]) - reported) < 0.005
+
+
+def test_step_06_segments_held_out_images_and_a_large_demo_scene(series_run):
     run_dir, _ = series_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["steps"]["inference"]["inputs"] == {"training": manifest["steps"]["training"]["id"]}
+    assert set(manifest["steps"]["inference"]["inputs"]) == {"data", "training"}
     out = run_dir / "inference" / "output"
-    assert {p.name for p in out.iterdir()} == {"class_areas.csv", "large_scene_mask.png", "large_scene_color.png",
-                                               "large_scene_overlay.png"}
+    names = {p.name for p in out.iterdir()}
+    assert {"class_areas.csv", "large_scene_mask.png", "large_scene_color.png", "large_scene_overlay.png"} <= names
+    assert len([n for n in names if n.endswith("_mask.png")]) == 4  # three test images and the scene
     from PIL import Image
 
     assert Image.open(out / "large_scene_mask.png").size == (96 * 8, 96 * 8)
+
+
+FOLDER_SIZES = [(37, 53), (61, 45), (50, 50), (29, 71), (45, 33)]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A user's dataset: 3 classes, grey images of odd and mixed non-square sizes, RGB colour masks with
+    an ignored colour, and too few images for the default batch size."""
+    from conftest import write_folder_dataset
+
+    base = tmp_path_factory.mktemp("folder")
+    root = write_folder_dataset(base / "data", n=10, size=FOLDER_SIZES, grey=True, rgb_masks=True, ignore=[9, 9, 9])
+    result = _run("--run-dir", str(base / "run"), "--set", "data.source=folder", "--set", f"data.root={root}",
+                  "--set", "data.image_size=64", "--set", "model.architectures=[unet]", "--set", "train.epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "run", root
+
+
+def test_the_series_runs_on_a_users_folder_dataset(folder_run):
+    run_dir, root = folder_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
+                                      "inference"}
+    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    assert dataset["classes"] == ["background", "a", "b"] and dataset["ignore_index"] == 255
+    metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]
+    from PIL import Image
+
+    test_ids = dataset["splits"]["test"]["source_ids"]
+    sizes = {stem: Image.open(root / "images" / f"{stem}.png").size for stem in test_ids}
+    ignored = sum(h for w, h in sizes.values())  # one ignored column per image
+    assert sum(map(sum, metrics["confusion_matrix"])) == sum(w * h for w, h in sizes.values()) - ignored
+    for stem, size in sizes.items():
+        assert Image.open(run_dir / "predictions" / "unet" / f"{stem}.png").size == size  # at the user's size
+    out = run_dir / "inference" / "output"
+    assert {f"{stem}_mask.png" for stem in test_ids} <= {p.name for p in out.iterdir()}
+    assert not any(p.name.startswith("large_scene") for p in out.iterdir())  # the demo scene is for the demo only
+    for name in ("01_training_samples", "05_predictions_unet", "06_predictions"):
+        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000

@@ -111,24 +111,51 @@ def prepared(make_config):
 
 
 class _Disconnect(keras.callbacks.Callback):
+    """Cuts training off after epoch 1, remembering the weights the backup holds."""
+
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 1:
+            self.weights = [w.copy() for w in self.model.get_weights()]
             raise KeyboardInterrupt("runtime disconnected")
 
 
-def test_interrupted_training_resumes_from_the_last_epoch(prepared):
+class _WeightsAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):  # runs after BackupAndRestore restored the state
+        self.weights = [w.copy() for w in self.model.get_weights()]
+
+
+def _epochs_logged(run):
+    with open(run.path("history", "unet.csv")) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_interrupted_training_resumes_with_the_weights_it_had(prepared):
+    cfg, run, weights = prepared
+    cut = _Disconnect()
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model("unet", cfg, run, weights, extra_callbacks=[cut])
+    assert not run.path("models", "unet.keras").exists()  # nothing half-finished to trust
+    start = _WeightsAtStart()
+    summary = training.train_model("unet", cfg, run, weights, extra_callbacks=[start])
+    assert _epochs_logged(run) == [0, 1, 2]  # epochs 0 and 1 were not trained again
+    assert summary["resumed"] and summary["epochs"] == 3
+    for restored, saved in zip(start.weights, cut.weights):
+        np.testing.assert_array_equal(restored, saved)
+    model = training.load_model(run.path("models", "unet.keras"))
+    assert model.optimizer is None  # the export carries no optimizer state
+
+
+def test_a_stale_training_state_is_not_resumed(prepared):
+    """After notebook 02 or the config changed, the saved state belongs to another training."""
     cfg, run, weights = prepared
     with pytest.raises(KeyboardInterrupt):
         training.train_model("unet", cfg, run, weights, extra_callbacks=[_Disconnect()])
-    assert not run.path("models", "unet.keras").exists()  # nothing half-finished to trust
-    summary = training.train_model("unet", cfg, run, weights)
-    with open(run.path("history", "unet.csv")) as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == [0, 1, 2]  # epochs 0 and 1 were not trained again
-    assert summary["resumed"] and summary["epochs"] == 3
-    model = training.load_model(run.path("models", "unet.keras"))
-    assert model.optimizer is None  # the export carries no optimizer state
-    model.compile(optimizer="adam", loss=training.make_loss("dice+focal", weights), metrics=training.metrics())
+    cfg.class_weights.scheme = "none"
+    class_weights.write_class_weights(run, cfg)  # a new record of step 02
+    lines = []
+    summary = training.train_model("unet", cfg, run, [1.0] * 4, log=lines.append)
+    assert not summary["resumed"] and _epochs_logged(run) == [0, 1, 2]
+    assert any("starting fresh" in line for line in lines)
 
 
 def test_a_completed_training_starts_fresh_the_next_time(prepared):
@@ -136,6 +163,68 @@ def test_a_completed_training_starts_fresh_the_next_time(prepared):
     training.train_model("unet", cfg, run, weights)
     summary = training.train_model("unet", cfg, run, weights)
     assert not summary["resumed"] and summary["epochs"] == 3
+
+
+def test_a_model_trained_in_mixed_precision_is_exported_in_float32(prepared):
+    cfg, run, weights = prepared
+    cfg.train.epochs, cfg.train.steps_per_epoch = 1, 1
+    try:
+        training.set_precision("on")
+        summary = training.train_model("unet", cfg, run, weights)
+    finally:
+        training.set_precision("off")
+    assert summary["precision"] == "mixed_float16"
+    model = training.load_model(run.path(summary["model"]))
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    assert model(x).dtype == tf.float32
+
+
+def _one_hot(labels, n):
+    return tf.one_hot(np.asarray(labels), n).numpy()
+
+
+def test_class_weights_reach_the_loss():
+    truth = np.zeros((1, 8, 8), np.int64)
+    truth[0, :4] = 1
+    prediction = _one_hot(np.zeros((1, 8, 8), np.int64), 2) * 0.9 + 0.05  # class 1 missed entirely
+    y = _one_hot(truth, 2)
+    plain = float(training.make_loss("dice", [1.0, 1.0])(y, prediction))
+    rare_heavy = float(training.make_loss("dice", [1.0, 9.0])(y, prediction))
+    assert rare_heavy > plain * 1.3  # the missed class costs more when it weighs more
+
+
+def test_ignored_pixels_count_in_neither_loss_nor_metric():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, (2, 16, 16))
+    y = _one_hot(truth, 3)
+    y[:, :4] = 0  # ignored rows: all-zero one-hot, as tf.one_hot makes of label 255
+    prediction = rng.dirichlet(np.ones(3), (2, 16, 16)).astype(np.float32)
+    other = prediction.copy()
+    other[:, :4] = rng.dirichlet(np.ones(3), (2, 4, 16))  # change the prediction only where ignored
+    for kind in ("dice", "dice+focal", "dice+crossentropy"):
+        loss = training.make_loss(kind, [1.0, 2.0, 3.0])
+        np.testing.assert_allclose(float(loss(y, prediction)), float(loss(y, other)), rtol=1e-6)
+    values = []
+    for p in (prediction, other):
+        metric = training.MeanIoU(3)
+        metric.update_state(y, p)
+        values.append(float(metric.result()))
+    assert values[0] == values[1]
+
+
+def test_the_training_metric_is_the_dataset_level_mean_iou_of_notebook_04():
+    from seglab import metrics
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 4, (6, 12, 12))
+    truth[truth == 3] = 2  # class 3 absent from the truth: left out of the mean, as in notebook 04
+    prediction = rng.dirichlet(np.ones(4), (6, 12, 12)).astype(np.float32)
+    metric = training.MeanIoU(4)
+    for batch in range(3):  # batches are summed into one confusion matrix, not averaged
+        metric.update_state(_one_hot(truth[2 * batch:2 * batch + 2], 4), prediction[2 * batch:2 * batch + 2])
+    expected = metrics.scores(metrics.confusion_matrix(truth, prediction.argmax(-1), 4), list("abcd"))["mean_iou"]
+    np.testing.assert_allclose(float(metric.result()), expected, rtol=1e-9)
 
 
 TWO_REPLICAS = """
