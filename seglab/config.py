@@ -6,6 +6,7 @@ overrides (command line ``--set`` or a notebook's papermill ``parameters`` cell)
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +19,45 @@ WEIGHT_SCHEMES = ("balanced", "median_frequency", "inverse_sqrt", "none")
 
 class ConfigError(ValueError):
     pass
+
+
+# --- input sizes: pure arithmetic, so the config can be checked before TensorFlow loads ---
+
+PSPNET_MULTIPLE = {4: 24, 8: 48, 16: 96}  # the pyramid pools need these divisors at each downsample factor
+
+
+def input_multiple(arch: str, downsample_factor: int = 8) -> int:
+    if arch == "pspnet":
+        if downsample_factor not in PSPNET_MULTIPLE:
+            raise ConfigError(f"model.pspnet_downsample_factor={downsample_factor} must be 4, 8 or 16")
+        return PSPNET_MULTIPLE[downsample_factor]
+    return 32  # five stride-2 stages in every encoder
+
+
+def check_input_size(architectures: str | list, size: int, downsample_factor: int = 8) -> None:
+    """Reject a size that an architecture cannot take, up front, with the nearest sizes that fit them all."""
+    archs = [architectures] if isinstance(architectures, str) else list(architectures)
+    multiples = {arch: input_multiple(arch, downsample_factor) for arch in archs}
+    multiple = math.lcm(*multiples.values())
+    if size % multiple == 0:
+        return
+
+    def at(names: list) -> str:
+        return f" at downsample factor {downsample_factor}" if "pspnet" in names else ""
+
+    by_multiple = {m: [a for a in archs if multiples[a] == m] for m in sorted(set(multiples.values()))}
+    if len(by_multiple) == 1:
+        why = f"{multiple}{at(archs)}"
+    else:
+        why = f"{multiple} ({', '.join(f'{m} for {_join(names)}{at(names)}' for m, names in by_multiple.items())})"
+    lower = size // multiple * multiple
+    use = " or ".join(str(s) for s in (lower, lower + multiple) if s)
+    raise ConfigError(f"{_join(archs)} need{'s' if len(archs) == 1 else ''} an input size that is a multiple of {why}; "
+                      f"data.image_size={size}: use {use}")
+
+
+def _join(names: list) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
 
 
 @dataclass
