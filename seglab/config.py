@@ -89,7 +89,7 @@ class DataConfig:
     base_url: Optional[str] = None  # mirror for a public dataset (tests serve one on 127.0.0.1)
     max_images: Optional[int] = None  # speed knob: use only the first N source images
     demo: DemoData = field(default_factory=DemoData)
-    image_size: int = 128  # side of the square model input
+    image_size: int = 96  # side of the square model input; a multiple of 32 (unet, fpn) and 48 (pspnet)
     mode: str = "resize"  # resize | tile
     tile_overlap: float = 0.25
     val_fraction: float = 0.15

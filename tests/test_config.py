@@ -22,6 +22,11 @@ def test_demo_and_colab_configs_load_with_typed_sections():
     assert isinstance(demo.train.epochs, int) and isinstance(demo.train.learning_rate, float)
 
 
+def test_the_defaults_alone_are_a_valid_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config().data.image_size % 96 == 0
+
+
 def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(REPO / "configs" / "demo.yaml")
