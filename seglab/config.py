@@ -2,10 +2,19 @@
 
 The same notebooks run the CPU demo and a full Colab run; only the YAML file and the
 overrides (command line ``--set`` or a notebook's papermill ``parameters`` cell) differ.
+:func:`load_config` checks every value before any notebook starts or any file is written,
+and stops at the first wrong one with a sentence naming the key. No TensorFlow here: the
+command line loads this module before any kernel starts.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,10 +23,56 @@ import yaml
 
 ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet")
 WEIGHT_SCHEMES = ("balanced", "median_frequency", "inverse_sqrt", "none")
+BACKBONES = (  # sorted(sm.Backbones.models_names()) of segmentation_models 1.0.1, kept equal by a test
+    "densenet121", "densenet169", "densenet201", "efficientnetb0", "efficientnetb1", "efficientnetb2",
+    "efficientnetb3", "efficientnetb4", "efficientnetb5", "efficientnetb6", "efficientnetb7", "inceptionresnetv2",
+    "inceptionv3", "mobilenet", "mobilenetv2", "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
+    "resnext101", "resnext50", "senet154", "seresnet101", "seresnet152", "seresnet18", "seresnet34", "seresnet50",
+    "seresnext101", "seresnext50", "vgg16", "vgg19",
+)
 
 
 class ConfigError(ValueError):
     pass
+
+
+# --- input sizes: pure arithmetic, so the config can be checked before TensorFlow loads ---
+
+PSPNET_MULTIPLE = {4: 24, 8: 48, 16: 96}  # the pyramid pools need these divisors at each downsample factor
+
+
+def input_multiple(arch: str, downsample_factor: int = 8) -> int:
+    if arch == "pspnet":
+        if downsample_factor not in PSPNET_MULTIPLE:
+            raise ConfigError(f"model.pspnet_downsample_factor={downsample_factor} must be 4, 8 or 16")
+        return PSPNET_MULTIPLE[downsample_factor]
+    return 32  # five stride-2 stages in every encoder
+
+
+def check_input_size(architectures: str | list, size: int, downsample_factor: int = 8) -> None:
+    """Reject a size that an architecture cannot take, up front, with the nearest sizes that fit them all."""
+    archs = [architectures] if isinstance(architectures, str) else list(architectures)
+    multiples = {arch: input_multiple(arch, downsample_factor) for arch in archs}
+    multiple = math.lcm(*multiples.values())
+    if size % multiple == 0:
+        return
+
+    def at(names: list) -> str:
+        return f" at downsample factor {downsample_factor}" if "pspnet" in names else ""
+
+    by_multiple = {m: [a for a in archs if multiples[a] == m] for m in sorted(set(multiples.values()))}
+    if len(by_multiple) == 1:
+        why = f"{multiple}{at(archs)}"
+    else:
+        why = f"{multiple} ({', '.join(f'{m} for {_join(names)}{at(names)}' for m, names in by_multiple.items())})"
+    lower = size // multiple * multiple
+    use = " or ".join(str(s) for s in (lower, lower + multiple) if s)
+    raise ConfigError(f"{_join(archs)} need{'s' if len(archs) == 1 else ''} an input size that is a multiple of {why}; "
+                      f"data.image_size={size}: use {use}")
+
+
+def _join(names: list, word: str = "and") -> str:
+    return f" {word} ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
 
 
 @dataclass
@@ -34,7 +89,7 @@ class DataConfig:
     base_url: Optional[str] = None  # mirror for a public dataset (tests serve one on 127.0.0.1)
     max_images: Optional[int] = None  # speed knob: use only the first N source images
     demo: DemoData = field(default_factory=DemoData)
-    image_size: int = 128  # side of the square model input
+    image_size: int = 96  # side of the square model input; a multiple of 32 (unet, fpn) and 48 (pspnet)
     mode: str = "resize"  # resize | tile
     tile_overlap: float = 0.25
     val_fraction: float = 0.15
@@ -50,7 +105,7 @@ class ClassWeightConfig:
 
 @dataclass
 class ModelConfig:
-    architectures: list = field(default_factory=lambda: ["unet", "fpn", "pspnet"])
+    architectures: list[str] = field(default_factory=lambda: ["unet", "fpn", "pspnet"])
     backbone: str = "resnet18"
     encoder_weights: Optional[str] = None  # imagenet | null
     pspnet_downsample_factor: int = 8
@@ -73,13 +128,14 @@ class TrainConfig:
 class EvalConfig:
     tta: bool = True
     postprocess: bool = True
-    min_component_sizes: list = field(default_factory=lambda: [0, 16, 64])
+    min_component_sizes: list[int] = field(default_factory=lambda: [0, 16, 64])
 
 
 @dataclass
 class InferenceConfig:
     tile_overlap: float = 0.5
     batch_size: int = 8
+    input: Optional[str] = None  # an image or a folder of your own images for notebook 06
 
 
 @dataclass
@@ -130,35 +186,167 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+# --- checks -------------------------------------------------------------------------
+
+_TYPE_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+               str: ("a string", "strings"), list: ("a list", "lists")}
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # PyYAML reads 1e-3 as text, YAML 1.2 as a number
+
+
+class _WrongType(Exception):
+    pass
+
+
+def _leaves(section, where: str = ""):
+    """(dotted key, section, field name, declared type) of every setting, read from the annotations."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaves(getattr(section, f.name), f"{where}{f.name}.")
+        else:
+            yield f"{where}{f.name}", section, f.name, hints[f.name]
+
+
+def _optional(hint):
+    """X for Optional[X] or X | None, else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner
+    return None
+
+
+def _typed(value, hint):
+    """``value`` as the declared type, allowing YAML's own readings only: an int is a float, a bool is no int."""
+    if _optional(hint) is not None:
+        return None if value is None else _typed(value, _optional(hint))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise _WrongType
+        return [_typed(v, typing.get_args(hint)[0]) for v in value]
+    if hint is float and not isinstance(value, bool) and (
+            isinstance(value, int) or isinstance(value, str) and _SCIENTIFIC.fullmatch(value)):
+        return float(value)
+    if isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):
+        return value
+    raise _WrongType
+
+
+def _describe(hint, plural: bool = False) -> str:
+    if _optional(hint) is not None:
+        return f"{_describe(_optional(hint))} or null"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0], plural=True)}"
+    return _TYPE_NAMES[hint][plural]
+
+
+def _show(value) -> str:
+    """A value as YAML spells it: null, true, 'text'."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
+def _one_of(*allowed):
+    return (lambda v: v in allowed), "one of " + ", ".join(map(str, allowed))
+
+
+def _close_backbones(value) -> str:
+    close = difflib.get_close_matches(str(value), BACKBONES, n=4, cutoff=0.5)
+    return ("a segmentation_models backbone such as " + _join(close, "or") if close
+            else "one of the segmentation_models backbones " + ", ".join(BACKBONES))
+
+
+_POSITIVE = (lambda v: v > 0), "a positive integer"
+_OVERLAP = (lambda v: 0 <= v < 1), "a number in [0, 1)"
+_FRACTION = (lambda v: 0 < v < 1), "a fraction in (0, 1)"
+
+# key: (test, what is accepted); a null in an Optional field is not tested
+RULES = {
+    "seed": ((lambda v: 0 <= v < 2**32), "an integer from 0 to 2**32 - 1"),
+    "data.source": _one_of("demo", "folder", "oxford_pets"),
+    "data.base_url": ((lambda v: urllib.parse.urlsplit(v).scheme in ("http", "https", "ftp", "file")),
+                      "an address such as https://example.org/pets/, or null for the dataset's own"),
+    "data.max_images": ((lambda v: v > 0), "a positive integer, or null for every image"),
+    "data.demo.num_images": _POSITIVE,
+    "data.demo.image_size": _POSITIVE,
+    "data.image_size": _POSITIVE,
+    "data.mode": _one_of("resize", "tile"),
+    "data.tile_overlap": _OVERLAP,
+    "data.val_fraction": _FRACTION,
+    "data.test_fraction": _FRACTION,
+    "class_weights.scheme": _one_of(*WEIGHT_SCHEMES),
+    "class_weights.max_ratio": ((lambda v: v >= 1), "at least 1, or null for no clipping"),
+    "model.architectures": ((lambda v: v and len(set(v)) == len(v) and set(v) <= set(ARCHITECTURES)),
+                            f"a non-empty list of distinct names from {', '.join(ARCHITECTURES)}"),
+    "model.backbone": ((lambda v: v in BACKBONES), _close_backbones),
+    "model.pspnet_downsample_factor": _one_of(4, 8, 16),
+    "train.batch_size": _POSITIVE,
+    "train.epochs": _POSITIVE,
+    "train.learning_rate": ((lambda v: v > 0), "a positive number such as 0.001"),
+    "train.schedule": _one_of("plateau", "cosine"),
+    "train.loss": _one_of("dice", "dice+focal", "dice+crossentropy"),
+    "train.early_stopping_patience": ((lambda v: v >= 1), "at least 1 (epochs without improvement before stopping)"),
+    "train.strategy": _one_of("auto", "default", "mirrored"),
+    "train.mixed_precision": _one_of("auto", "on", "off"),
+    "train.steps_per_epoch": ((lambda v: v > 0), "a positive integer, or null for the whole training split"),
+    "evaluation.min_component_sizes": ((lambda v: v and min(v) >= 0),
+                                       "a non-empty list of non-negative integers (0: remove nothing)"),
+    "inference.tile_overlap": _OVERLAP,
+    "inference.batch_size": _POSITIVE,
+}
+
+
 def validate(cfg: Config) -> Config:
-    choices = {
-        "data.source": (cfg.data.source, ("demo", "folder", "oxford_pets")),
-        "data.mode": (cfg.data.mode, ("resize", "tile")),
-        "class_weights.scheme": (cfg.class_weights.scheme, WEIGHT_SCHEMES),
-        "train.schedule": (cfg.train.schedule, ("plateau", "cosine")),
-        "train.loss": (cfg.train.loss, ("dice", "dice+focal", "dice+crossentropy")),
-        "train.strategy": (cfg.train.strategy, ("auto", "default", "mirrored")),
-        "train.mixed_precision": (cfg.train.mixed_precision, ("auto", "on", "off")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    """Check every value: its declared type, then its range, then how values fit together and the paths."""
     if isinstance(cfg.model.architectures, str):
-        cfg.model.architectures = [cfg.model.architectures]
-    unknown = [a for a in cfg.model.architectures if a not in ARCHITECTURES]
-    if unknown or not cfg.model.architectures:
-        raise ConfigError(f"model.architectures={cfg.model.architectures} must be a non-empty list of {', '.join(ARCHITECTURES)}")
-    if cfg.data.source == "folder" and not cfg.data.root:
-        raise ConfigError("data.source=folder needs data.root, the folder holding images/, masks/ and classes.json")
-    for key, overlap in (("data.tile_overlap", cfg.data.tile_overlap), ("inference.tile_overlap", cfg.inference.tile_overlap)):
-        if not 0 <= overlap < 1:
-            raise ConfigError(f"{key}={overlap} must be in [0, 1)")
-    if cfg.data.val_fraction <= 0 or cfg.data.test_fraction <= 0 or cfg.data.val_fraction + cfg.data.test_fraction >= 1:
-        raise ConfigError("data.val_fraction and data.test_fraction must be positive and sum to less than 1")
+        cfg.model.architectures = [cfg.model.architectures]  # a single name is a list of one
+    leaves = list(_leaves(cfg))
+    for key, section, name, hint in leaves:
+        value = getattr(section, name)
+        try:
+            setattr(section, name, _typed(value, hint))
+        except _WrongType:
+            raise ConfigError(f"{key}={_show(value)} must be {_describe(hint)}") from None
+    for key, section, name, _ in leaves:
+        value = getattr(section, name)
+        test, accepted = RULES.get(key, (None, None))
+        if test and value is not None and not test(value):
+            raise ConfigError(f"{key}={_show(value)} must be {accepted(value) if callable(accepted) else accepted}")
+    data = cfg.data
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} "
+                          "leave no images to train on: their sum must be below 1")
+    check_input_size(cfg.model.architectures, data.image_size, cfg.model.pspnet_downsample_factor)
+    if data.source == "folder":
+        _check_folder_source(data.root)
+    if cfg.inference.input and not Path(cfg.inference.input).exists():
+        raise ConfigError(f"inference.input={cfg.inference.input}: no such file or folder; "
+                          "it must name an image or a folder of images")
     return cfg
 
 
-PATH_KEYS = ("run_dir", "data.root", "data.download_dir")
+def _check_folder_source(root: Optional[str]) -> None:
+    """The folder layout, checked now rather than in notebook 01."""
+    expected = "images/, masks/ and classes.json"
+    if not root:
+        raise ConfigError(f"data.source=folder needs data.root, the folder holding {expected}")
+    path = Path(root)
+    if not path.is_dir():
+        raise ConfigError(f"data.root={root}: {'it is a file' if path.exists() else 'the folder does not exist'}; "
+                          f"it must be a folder holding {expected}")
+    missing = [f"no {sub} folder" for sub in ("images/", "masks/") if not (path / sub).is_dir()]
+    missing += [] if (path / "classes.json").is_file() else ["no classes.json"]
+    if missing:
+        raise ConfigError(f"data.root={root}: it has {_join(missing)} (expected {expected})")
+
+
+PATH_KEYS = ("run_dir", "data.root", "data.download_dir", "inference.input")
+DEFAULT_PATHS = {"run_dir": "runs/default", "data.download_dir": "data/downloads"}
+
+
+def is_path_setting(key: str, value) -> bool:
+    """A relative path to resolve; any other value is left for the type check to judge."""
+    return key in PATH_KEYS and isinstance(value, str) and bool(value)
 
 
 def _get(tree: dict, dotted: str):
@@ -184,13 +372,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         for key in PATH_KEYS:
-            if _get(tree, key):
+            if is_path_setting(key, _get(tree, key)):
                 _set(tree, key, str((path.parent / _get(tree, key)).resolve()))
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
-        _set(tree, key, str((base / str(value)).resolve()) if key in PATH_KEYS and value else value)
-    for key in PATH_KEYS:
-        if not _get(tree, key) and key != "data.root":
-            default = {"run_dir": "runs/default", "data.download_dir": "data/downloads"}[key]
+        _set(tree, key, str((base / value).resolve()) if is_path_setting(key, value) else value)
+    for key, default in DEFAULT_PATHS.items():
+        if not _get(tree, key):
             _set(tree, key, str((base / default).resolve()))
     return validate(_build(Config, tree, ""))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import papermill
 
-from seglab.config import PATH_KEYS, load_config, parse_override
+from seglab.config import is_path_setting, load_config, parse_override
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -75,4 +75,4 @@ def _stderr_to(path: Path):
 def _absolute(override: str) -> str:
     """A path typed on the command line is relative to the shell, not to the notebooks."""
     key, value = parse_override(override)
-    return f"{key}={Path(value).resolve()}" if key in PATH_KEYS and value else override
+    return f"{key}={Path(value).resolve()}" if is_path_setting(key, value) else override

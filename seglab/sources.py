@@ -12,10 +12,13 @@ are read as :data:`IGNORE` and left out of pixel counts.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import shutil
+import socket
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,22 +223,57 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download counts as failed
+
+
 def download(url: str, dest: Path, md5: str) -> Path:
-    """Fetch ``url`` to ``dest`` unless a file with the right checksum is already there."""
-    if dest.exists() and md5sum(dest) == md5:
+    """Fetch ``url`` to ``dest`` unless a file with the right checksum is already there.
+
+    The file appears at ``dest`` only once it is complete and verified, so a later run never
+    trusts half a download. A failure names the address, the cause and the two ways out.
+    """
+    found = md5sum(dest) if dest.exists() else None
+    if found == md5:
         return dest
 
+    def failed(cause: str) -> DataError:
+        instead = f" instead of the file there now (md5 {found})" if found else ""
+        return DataError(f"could not download {url}: {cause}; place the file by hand at {dest} (md5 {md5}){instead}, "
+                         f"or set data.base_url to a mirror that serves {dest.name}")
+
     def fetch(tmp: Path) -> None:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if md5sum(tmp) != md5:
-            raise DataError(f"{url}: checksum mismatch (expected md5 {md5}); the download is corrupt or the file changed")
+        received = 0
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+            raise failed(_network_cause(error)) from None
+        if received < total:  # http.client ends a short body quietly
+            raise failed(f"the connection closed after {received} of {total} bytes")
+        got = md5sum(tmp)
+        if got != md5:
+            raise failed(f"checksum mismatch (got md5 {got}), so the download is corrupt or the file has changed")
 
     return atomic_file(dest, fetch)
+
+
+def _network_cause(error: Exception) -> str:
+    """Why a download failed, in words: the HTTP status, or what the network said."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {error.reason}"
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, socket.gaierror):
+        return f"name resolution failed, so there is no network or the host is wrong ({reason.strerror})"
+    if isinstance(reason, ConnectionRefusedError):
+        return "the connection was refused (nothing listens at that address)"
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {DOWNLOAD_TIMEOUT} s"
+    return f"network error ({reason})"
 
 
 def prepare_oxford_pets(download_dir: str | Path, base_url: Optional[str] = None) -> Path:

@@ -19,29 +19,10 @@ import numpy as np
 from seglab import data_loading, pipeline
 from seglab.artifacts import RunDir, atomic_file, read_json, write_json
 from seglab.backend import keras, sm, tf
-from seglab.config import ConfigError
+from seglab.config import check_input_size
 
 SM_MODELS = {"unet": sm.Unet, "fpn": sm.FPN, "pspnet": sm.PSPNet, "linknet": sm.Linknet}
-PSPNET_MULTIPLE = {4: 24, 8: 48, 16: 96}  # the pyramid pools need these divisors at each downsample factor
 MONITOR = "val_mean_iou"
-
-
-def input_multiple(arch: str, downsample_factor: int = 8) -> int:
-    if arch == "pspnet":
-        if downsample_factor not in PSPNET_MULTIPLE:
-            raise ConfigError(f"model.pspnet_downsample_factor={downsample_factor} must be 4, 8 or 16")
-        return PSPNET_MULTIPLE[downsample_factor]
-    return 32  # five stride-2 stages in every encoder
-
-
-def check_input_size(arch: str, size: int, downsample_factor: int = 8) -> None:
-    """Reject a size the architecture cannot take, up front and with the nearest sizes that work."""
-    multiple = input_multiple(arch, downsample_factor)
-    if size % multiple:
-        lower, upper = size // multiple * multiple, (size // multiple + 1) * multiple
-        raise ConfigError(f"{arch} needs an input size that is a multiple of {multiple}"
-                          f"{' at downsample factor %d' % downsample_factor if arch == 'pspnet' else ''}; "
-                          f"data.image_size={size}: use {lower or upper} or {upper}")
 
 
 def build_model(arch: str, backbone: str, num_classes: int, input_size: int, encoder_weights=None,

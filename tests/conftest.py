@@ -59,7 +59,8 @@ def tiny_config(tmp_path, *overrides):
     return load_config(REPO / "configs" / "demo.yaml", [f"run_dir={tmp_path / 'run'}",
                                                          f"data.download_dir={tmp_path / 'downloads'}",
                                                          "data.demo.num_images=8", "data.demo.image_size=64",
-                                                         "data.image_size=64", *overrides])
+                                                         "data.image_size=64", "model.architectures=[unet]",
+                                                         *overrides])  # pspnet would need a multiple of 48
 
 
 @pytest.fixture

@@ -247,8 +247,8 @@ def test_training_on_two_replicas_scales_the_global_batch(prepared, tmp_path):
     cfg, run, _ = prepared
     from conftest import REPO
 
-    overrides = [f"run_dir={cfg.run_dir}", "data.image_size=64", "train.batch_size=2", "train.epochs=1",
-                 "train.strategy=mirrored", "data.augment=false"]
+    overrides = [f"run_dir={cfg.run_dir}", "data.image_size=64", "model.architectures=[unet]", "train.batch_size=2",
+                 "train.epochs=1", "train.strategy=mirrored", "data.augment=false"]
     result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(REPO / "configs" / "demo.yaml"), *overrides],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
