@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from seglab.backend import sm, tf
+from seglab.sources import IGNORE
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -40,6 +41,12 @@ def denormalize(images, norm: dict) -> np.ndarray:
     """Back to uint8 RGB, for looking at what the model was fed."""
     pixels = (np.asarray(images) - np.array(norm["offset"])) / np.array(norm["scale"])
     return np.clip(np.rint(pixels[..., np.argsort(norm["order"])]), 0, 255).astype(np.uint8)
+
+
+def labels(one_hot) -> np.ndarray:
+    """Class indices back from one-hot masks; ignored pixels (all-zero rows) become ``sources.IGNORE``."""
+    one_hot = np.asarray(one_hot)
+    return np.where(one_hot.sum(-1) > 0, one_hot.argmax(-1), IGNORE).astype(np.uint8)
 
 
 def _load(image_path, mask_path):

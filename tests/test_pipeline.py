@@ -16,20 +16,23 @@ def test_normalisation_matches_segmentation_models(backbone):
 
 
 def test_augmentation_moves_image_and_mask_together(tmp_path):
-    """The mask is a function of the image's red channel; it must stay so after augmentation."""
+    """The mask is a function of the image's red channel; it must stay so after augmentation,
+    and augmentation must really turn, flip and jitter (a no-op would pass the first check)."""
     rng = np.random.default_rng(0)
-    images, masks = [], []
+    images, masks, originals = [], [], set()
     for i in range(6):
         mask = rng.integers(0, 3, (16, 16)).astype(np.uint8)
+        mask[0, 0], mask[-1, -1] = 0, 2  # no sample is symmetric, so every turn or flip shows
         image = np.stack([mask * 100, np.zeros_like(mask), np.zeros_like(mask)], -1).astype(np.uint8)
         Image.fromarray(image).save(tmp_path / f"i{i}.png")
         Image.fromarray(mask).save(tmp_path / f"m{i}.png")
         images.append(str(tmp_path / f"i{i}.png"))
         masks.append(str(tmp_path / f"m{i}.png"))
+        originals.add(mask.tobytes())
     norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
     tf.random.set_seed(1)
     ds = pipeline.make_dataset(images, masks, 3, norm, 3, training=True, augment=True, repeat=True)
-    changed = 0
+    seen, moved, jittered = 0, 0, 0
     for x, y in ds.take(8):
         labels = np.argmax(y.numpy(), -1)
         red = x.numpy()[..., 0]
@@ -37,8 +40,21 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
         for b in range(len(labels)):
             lows, mids, highs = red[b][labels[b] == 0], red[b][labels[b] == 1], red[b][labels[b] == 2]
             assert lows.max(initial=-1e9) < mids.min(initial=1e9) and mids.max(initial=-1e9) < highs.min(initial=1e9)
-        changed += y.shape[0]
-    assert changed == 24 and y.shape == (3, 16, 16, 3)
+            moved += labels[b].astype(np.uint8).tobytes() not in originals
+            jittered += not np.allclose(red[b], labels[b] * 100.0)
+        seen += y.shape[0]
+    assert seen == 24 and y.shape == (3, 16, 16, 3)
+    assert moved >= 12 and jittered >= 20  # 3 of 4 turns x 4 flips move a sample; the jitter is on every one
+
+
+def test_ignored_pixels_become_empty_one_hot_rows_and_come_back(tmp_path):
+    mask = np.array([[0, 1], [255, 2]], np.uint8)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "i.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    norm = pipeline.encoder_normalization("mobilenetv2")
+    _, y = next(iter(pipeline.make_dataset([str(tmp_path / "i.png")], [str(tmp_path / "m.png")], 3, norm, 1)))
+    assert y.numpy()[0, 1, 0].sum() == 0
+    np.testing.assert_array_equal(pipeline.labels(y[0]), mask)
 
 
 def test_streaming_dataset_shapes_and_one_hot(tmp_path):
