@@ -139,24 +139,24 @@ def test_ignored_pixels_survive_resizing_and_mirror_padding(mode):
 
 @pytest.mark.parametrize("rgb_masks, ignore", [(False, 255), (False, 200), (True, [255, 255, 255]), (False, None)])
 def test_ignored_pixels_are_kept_as_255_and_left_out_of_the_counts(tmp_path, make_config, rgb_masks, ignore):
-    root = write_folder_dataset(tmp_path / "d", n=5, size=(40, 48), rgb_masks=rgb_masks, ignore=ignore)
-    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=48", "data.mode=tile")
+    root = write_folder_dataset(tmp_path / "d", n=5, size=(40, 64), rgb_masks=rgb_masks, ignore=ignore)
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=64", "data.mode=tile")
     run = RunDir(cfg.run_dir)
     manifest = data_loading.prepare_dataset(cfg, run)
     assert manifest["ignore_index"] == (None if ignore is None else 255)
-    ignored = 0 if ignore is None else 48  # one column of the 40 x 48 image, mirrored to 48 rows
+    ignored = 0 if ignore is None else 64  # one column of the 40 x 64 image, mirrored to 64 rows
     pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
-    assert pixels.sum() == 5 * (48 * 48 - ignored)
+    assert pixels.sum() == 5 * (64 * 64 - ignored)
     _, masks = data_loading.split_paths(run, manifest, "train")
     mask = np.asarray(Image.open(masks[0]))
-    assert (mask[:, 24] == 255).all() == (ignore is not None)
+    assert (mask[:, 32] == 255).all() == (ignore is not None)
 
 
 def test_max_images_takes_a_seeded_random_subset_in_sorted_order(tmp_path, make_config):
-    root = write_folder_dataset(tmp_path / "d", n=20, size=(8, 8))
+    root = write_folder_dataset(tmp_path / "d", n=20, size=(32, 32))
     chosen = {}
     for attempt, seed in enumerate((1, 1, 2)):
-        cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=8", "data.max_images=6",
+        cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32", "data.max_images=6",
                           f"seed={seed}", f"run_dir={tmp_path / f'run{attempt}'}")
         stems = list(data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))["source"]["sizes"])
         assert len(stems) == 6 and stems == sorted(stems)
@@ -271,6 +271,6 @@ def test_unchanged_inputs_reuse_the_dataset_and_any_change_redoes_it(tmp_path, m
     assert run.require("data")["id"] != step
 
     step = run.require("data")["id"]
-    smaller = make_config("data.source=folder", f"data.root={root}", "data.image_size=16")
-    assert data_loading.prepare_dataset(smaller, run)["image_size"] == 16
+    larger = make_config("data.source=folder", f"data.root={root}", "data.image_size=64")
+    assert data_loading.prepare_dataset(larger, run)["image_size"] == 64
     assert run.require("data")["id"] != step
