@@ -166,6 +166,7 @@ class Plan:
     arch: str
     num_classes: int
     input_size: int
+    normalization: dict
     train: object
     val: object
     callbacks: list
@@ -227,7 +228,7 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
         _schedule(cfg),
         *extra_callbacks,
     ]
-    return Plan(arch, num_classes, size, train, val, callbacks, resumed, batch * replicas, replicas, paths)
+    return Plan(arch, num_classes, size, norm, train, val, callbacks, resumed, batch * replicas, replicas, paths)
 
 
 def export_float32(model, arch: str, cfg, num_classes: int, input_size: int):
@@ -256,7 +257,7 @@ def finish(model, plan: Plan, cfg, run: RunDir, seconds: float) -> dict:
     model_path = run.path("models", f"{arch}.keras")
     atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
     info = {"architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
-            "colors": manifest["colors"], "normalization": pipeline.encoder_normalization(cfg.model.backbone),
+            "colors": manifest["colors"], "normalization": plan.normalization,
             "input_size": plan.input_size, "pixel_scale": manifest["pixel_scale"]}
     write_json(model_path.with_suffix(".json"), info)  # what prediction needs, beside the model
     epochs = _logged_epochs(plan.paths["log"])

@@ -56,3 +56,20 @@ def test_ignored_pixels_count_for_no_class(tmp_path):
     counts, present_in = pixel_counts([tmp_path / "0.png", tmp_path / "1.png"], 3)
     np.testing.assert_array_equal(counts, [5, 3, 0])
     np.testing.assert_array_equal(present_in, [5 + 3, 5, 0])  # labelled pixels of the images holding the class
+
+
+def test_weights_count_the_training_split_only(tmp_path, make_config):
+    """Validation and test pixels must not leak into training through the weights."""
+    from conftest import write_folder_dataset
+
+    from seglab import class_weights, data_loading
+    from seglab.artifacts import RunDir
+
+    root = write_folder_dataset(tmp_path / "d", n=12, size=[(64, 64), (64, 96), (96, 64)])
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.mode=tile", "data.tile_overlap=0")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    result = class_weights.write_class_weights(run, cfg)
+    train = manifest["splits"]["train"]
+    assert result["counts"] == train["pixels"] and sum(result["counts"]) == train["items"] * 64 * 64
+    assert sum(result["counts"]) < sum(sum(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
