@@ -27,7 +27,7 @@ run = RunDir(cfg.run_dir)
 step = sys.argv[1]
 if step == "01":
     from seglab import data_loading
-    data_loading.prepare_dataset(cfg, run, log=lambda line: None)
+    data_loading.prepare_dataset(cfg, run)
 elif step == "02":
     from seglab import class_weights
     class_weights.write_class_weights(run, cfg)
