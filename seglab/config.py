@@ -87,13 +87,14 @@ class DataConfig:
     root: Optional[str] = None  # folder source: ROOT/images, ROOT/masks, ROOT/classes.json
     download_dir: str = "data/downloads"  # where public datasets are cached
     base_url: Optional[str] = None  # mirror for a public dataset (tests serve one on 127.0.0.1)
-    max_images: Optional[int] = None  # speed knob: use only the first N source images
+    max_images: Optional[int] = None  # speed knob: a seeded random N of the source images
     demo: DemoData = field(default_factory=DemoData)
     image_size: int = 96  # side of the square model input; a multiple of 32 (unet, fpn) and 48 (pspnet)
     mode: str = "resize"  # resize | tile
     tile_overlap: float = 0.25
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    group_pattern: Optional[str] = None  # regex whose first group names an image's group (patient, scan, video)
     augment: bool = True
 
 
@@ -256,6 +257,13 @@ def _close_backbones(value) -> str:
             else "one of the segmentation_models backbones " + ", ".join(BACKBONES))
 
 
+def _is_group_pattern(value) -> bool:
+    try:
+        return re.compile(value).groups >= 1
+    except re.error:
+        return False
+
+
 _POSITIVE = (lambda v: v > 0), "a positive integer"
 _OVERLAP = (lambda v: 0 <= v < 1), "a number in [0, 1)"
 _FRACTION = (lambda v: 0 < v < 1), "a fraction in (0, 1)"
@@ -274,6 +282,8 @@ RULES = {
     "data.tile_overlap": _OVERLAP,
     "data.val_fraction": _FRACTION,
     "data.test_fraction": _FRACTION,
+    "data.group_pattern": (_is_group_pattern, "a regular expression with a group that names the image's group, "
+                                              r"such as '^(case\d+)_'"),
     "class_weights.scheme": _one_of(*WEIGHT_SCHEMES),
     "class_weights.max_ratio": ((lambda v: v >= 1), "at least 1, or null for no clipping"),
     "model.architectures": ((lambda v: v and len(set(v)) == len(v) and set(v) <= set(ARCHITECTURES)),

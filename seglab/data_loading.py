@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +39,8 @@ from seglab import demo_data
 SPLITS = ("train", "val", "test")
 ORIGINAL_SPLITS = ("val", "test")  # kept at their original size for scoring
 LAYOUT_VERSION = 1  # part of the fingerprint: bump it whenever prepare_dataset writes something different
-PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction")
+PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction",
+                      "group_pattern")
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
 
@@ -99,15 +101,78 @@ def subset_sources(pairs: list, max_images, seed: int) -> list:
     return [pairs[i] for i in sorted(keep)]
 
 
-def split_sources(stems: list[str], val: float, test: float, seed: int) -> dict[str, str]:
-    """Map each source image to train, val or test, reproducibly from ``seed``."""
-    if len(stems) < 3:
-        raise sources.DataError(f"only {len(stems)} source image(s); a train/val/test split needs at least 3")
-    n_test = max(1, round(len(stems) * test))
-    n_val = max(1, round(len(stems) * val))
-    rest, test_ids = train_test_split(sorted(stems), test_size=n_test, random_state=seed)
+def split_sources(stems: list[str], val: float, test: float, seed: int, groups: dict | None = None) -> dict[str, str]:
+    """Map each source image to train, val or test, reproducibly from ``seed``.
+
+    With ``groups`` (stem -> group name) whole groups go to one split, so near-duplicates
+    (slices of one scan, frames of one video) never sit on both sides; the fractions then
+    count groups. Without, every image is its own group.
+    """
+    groups = groups or {stem: stem for stem in stems}
+    names = sorted(set(groups.values()))
+    if len(names) < 3:
+        what = "group(s)" if len(names) < len(stems) else "source image(s)"
+        raise sources.DataError(f"only {len(names)} {what}; a train/val/test split needs at least 3")
+    n_test = max(1, round(len(names) * test))
+    n_val = max(1, round(len(names) * val))
+    rest, test_ids = train_test_split(names, test_size=n_test, random_state=seed)
     train_ids, val_ids = train_test_split(rest, test_size=n_val, random_state=seed)
-    return {**{s: "train" for s in train_ids}, **{s: "val" for s in val_ids}, **{s: "test" for s in test_ids}}
+    split_of = {**{g: "train" for g in train_ids}, **{g: "val" for g in val_ids}, **{g: "test" for g in test_ids}}
+    return {stem: split_of[groups[stem]] for stem in stems}
+
+
+def group_of(stems: list[str], pattern: str) -> dict[str, str]:
+    """The group of every image: the first group of ``pattern`` found in its name (stem)."""
+    regex = re.compile(pattern)
+    matches = {stem: regex.search(stem) for stem in stems}
+    unmatched = sorted(stem for stem, m in matches.items() if not m or m.group(1) is None)
+    if unmatched:
+        raise sources.DataError(f"data.group_pattern={pattern!r} does not match the image name '{unmatched[0]}' "
+                                f"({len(unmatched)} of {len(stems)} do not match); every image needs a group")
+    return {stem: m.group(1) for stem, m in matches.items()}
+
+
+def read_split_file(path: Path, stems: list[str]) -> dict[str, str]:
+    """A split fixed by the user (nnU-Net's ``splits_final.json`` idea): ``{"train": [stems], "val": [...], "test": [...]}``.
+
+    Every image must be in exactly one split, and every stem must name an image.
+    """
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise sources.DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(spec, dict) or set(spec) != set(SPLITS) or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in spec.values()):
+        raise sources.DataError(f"{path}: must map each of train, val and test to a non-empty list of image names")
+    split_of = {}
+    for split in SPLITS:
+        for stem in spec[split]:
+            if stem in split_of:
+                raise sources.DataError(f"{path}: '{stem}' is in both {split_of[stem]} and {split}")
+            split_of[stem] = split
+    unknown = sorted(set(split_of) - set(stems))
+    if unknown:
+        raise sources.DataError(f"{path}: '{unknown[0]}' names no image in {path.parent / 'images'} "
+                                f"({len(unknown)} such name(s))")
+    missing = sorted(set(stems) - set(split_of))
+    if missing:
+        raise sources.DataError(f"{path}: the image '{missing[0]}' is in no split ({len(missing)} such image(s))")
+    return split_of
+
+
+def choose_split(root: Path, stems: list[str], chosen: list[str], cfg: Config) -> tuple[dict[str, str], str]:
+    """The split of the ``chosen`` stems, and what decided it: ROOT/splits.json, else
+    ``data.group_pattern``, else one image at a time."""
+    path = root / "splits.json"
+    if path.is_file():
+        split_of = read_split_file(path, stems)
+        return {stem: split_of[stem] for stem in chosen}, "splits.json"
+    data = cfg.data
+    if data.group_pattern:
+        groups = group_of(chosen, data.group_pattern)
+        return (split_sources(chosen, data.val_fraction, data.test_fraction, cfg.seed, groups),
+                f"groups of data.group_pattern {data.group_pattern!r}")
+    return split_sources(chosen, data.val_fraction, data.test_fraction, cfg.seed), "image"
 
 
 def pixel_scale(sizes: dict, size: int, mode: str) -> list[float]:
@@ -163,7 +228,9 @@ def _fingerprint(cfg: Config, root: Path, pairs: list) -> str:
     files = [[str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns]
              for _, image, mask in pairs for path in (image, mask) for stat in [path.stat()]]
     settings = {key: getattr(cfg.data, key) for key in PREPROCESSING_KEYS}
-    inputs = [LAYOUT_VERSION, str(root), cfg.seed, settings, (root / "classes.json").read_text(), files]
+    split_file = root / "splits.json"
+    inputs = [LAYOUT_VERSION, str(root), cfg.seed, settings, (root / "classes.json").read_text(),
+              split_file.read_text() if split_file.is_file() else None, files]
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
@@ -192,7 +259,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
         print("dataset unchanged since the last run of 01; reusing dataset/")
         return previous
     pairs = subset_sources(found, cfg.data.max_images, cfg.seed)
-    split_of = split_sources([stem for stem, _, _ in pairs], cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    split_of, split_by = choose_split(root, [stem for stem, _, _ in found], [stem for stem, _, _ in pairs], cfg)
     n = len(classes.names)
     colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
     items, pixels = [], {s: np.zeros(n, np.int64) for s in SPLITS}
@@ -220,6 +287,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
             "pixel_scale": pixel_scale(source_sizes, cfg.data.image_size, cfg.data.mode),
             "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
             "seed": cfg.seed,
+            "split_by": split_by,
             "fingerprint": fingerprint,
             "splits": {s: {"sources": sum(v == s for v in split_of.values()),
                            "source_ids": sorted(stem for stem, v in split_of.items() if v == s),
