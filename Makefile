@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Colab's package versions (requirements-colab.txt) on Colab's Python: 3.12 (pyenv's if there is one).
+COLAB_PYTHON ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python)),$(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null),$(PYTHON))
+COLAB_VENV := .venv-colab
 
-.PHONY: demo test render clean
+.PHONY: demo test test-colab lab kernel render cells clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,14 +15,40 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# A stand-in for a Colab runtime: only what Colab ships (the list above the "added by the install cell"
+# line), so the notebooks' first cell installs the rest as on Colab, from a local wheelhouse of those pins.
+$(COLAB_VENV)/.installed: requirements-colab.txt
+	rm -rf $(COLAB_VENV)
+	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
+	sed '/^# --- added by the install cell/,$$d' requirements-colab.txt > $(COLAB_VENV)/colab-ships.txt
+	sed -n '/^# --- added by the install cell/,$$p' requirements-colab.txt > $(COLAB_VENV)/cell-adds.txt
+	$(COLAB_VENV)/bin/python -m pip install -q -r $(COLAB_VENV)/colab-ships.txt
+	$(COLAB_VENV)/bin/python -m pip download -q --no-deps -d $(COLAB_VENV)/wheelhouse -r $(COLAB_VENV)/cell-adds.txt \
+		$$(grep -i '^setuptools==' requirements-colab.txt)
+	$(COLAB_VENV)/bin/python --version > $@
+
 demo: $(VENV)/.installed  ## run the notebook series on the built-in demo data into runs/demo/
 	$(PY) -m seglab run --config configs/demo.yaml
 
-test: $(VENV)/.installed  ## unit tests, then the whole series on a tiny config
+test: $(VENV)/.installed  ## unit tests and the series on a tiny config, then the same on Colab's versions
 	$(PY) -m pytest
+	$(MAKE) test-colab
+
+test-colab: $(VENV)/.installed $(COLAB_VENV)/.installed  ## notebooks 00-06 each in its own simulated Colab runtime
+	SEGLAB_COLAB_VENV=$(abspath $(COLAB_VENV)) $(PY) -m pytest -q --basetemp=$(abspath .pytest-colab) tests/test_colab_runtime.py
+
+kernel:  ## register this venv as the Jupyter kernel "seglab" (for a system-wide Jupyter)
+	$(PY) -m ipykernel install --user --name seglab --display-name "Python (seglab)"
+
+lab: $(VENV)/.installed kernel  ## JupyterLab on notebooks/, the venv's Python as the notebooks' python3 kernel
+	$(PY) -m ipykernel install --sys-prefix
+	JUPYTER_PREFER_ENV_PATH=1 $(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf runs data/generated
 
 render: $(VENV)/.installed  ## rerun the demo; commit-ready notebooks with outputs, README results
 	$(PY) -m seglab render
+
+cells: $(VENV)/.installed  ## stamp the set-up cell, parameters and Colab badges into notebooks/ and README, no run
+	$(PY) -m seglab render --cells-only

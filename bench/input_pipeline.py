@@ -1,6 +1,6 @@
 """How much does the input pipeline cost training? A ratio of two speeds in one run.
 
-U-Net is trained on the real tf.data pipeline (files decoded, augmented, normalised) and on
+U-Net is trained on the real tf.data pipeline (shards read, PNGs decoded, augmented, normalised) and on
 the same batches already in memory, alternately, a few rounds each; the best round of
 each counts. A ratio near 1 means the model, not the input, limits the speed.
 
@@ -36,8 +36,8 @@ def main():
     training.set_precision(cfg.train.mixed_precision)  # time what training would run
     n, batch = len(manifest["classes"]), cfg.train.batch_size
     norm = pipeline.encoder_normalization(cfg.model.backbone)
-    images, masks = data_loading.split_paths(run, manifest, "train")
-    real = pipeline.make_dataset(images, masks, n, norm, batch, training=True, augment=cfg.data.augment,
+    shards = data_loading.local_shards(run, data_loading.split_shards(run, manifest, "train"))
+    real = pipeline.make_dataset(shards, n, norm, batch, training=True, augment=cfg.data.augment,
                                  seed=cfg.seed, repeat=True)
     cached = [(x.numpy(), y.numpy()) for x, y in real.take(args.steps)]
     memory = tf.data.Dataset.from_tensor_slices((np.stack([x for x, _ in cached]), np.stack([y for _, y in cached])))

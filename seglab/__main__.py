@@ -16,7 +16,9 @@ def main(argv=None) -> int:
                      help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--run-dir", help="run folder (default: the config's run_dir)")
     run.add_argument("--only", nargs="+", metavar="NN", help="run only the notebooks whose names start so, e.g. 00 01")
-    commands.add_parser("render", help="run the demo and write the executed notebooks and README results")
+    render = commands.add_parser("render", help="run the demo and write the executed notebooks and README results")
+    render.add_argument("--cells-only", action="store_true",
+                        help="only stamp the set-up cell, parameters and Colab badges into notebooks/ and README, no run")
     predict = commands.add_parser("predict", help="masks for new images of any size with a trained model")
     predict.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its NAME.json lies beside it)")
     predict.add_argument("--input", required=True, help="an image or a folder of images")
@@ -34,9 +36,12 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "render":
-            from seglab.render import render
+            from seglab.render import render, stamp_notebooks
 
-            render()
+            if args.cells_only:
+                print("stamped: " + (", ".join(stamp_notebooks()) or "nothing changed"))
+            else:
+                render()
             return 0
         timings = run_series(args.config, args.overrides, args.run_dir, args.only)
     except (ConfigError, NotebookFailed) as e:

@@ -7,6 +7,7 @@ per-class weights); Keras' ``fit(class_weight=)`` does not apply to per-pixel ta
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,13 +19,14 @@ from seglab.config import WEIGHT_SCHEMES
 from seglab.sources import IGNORE
 
 
-def pixel_counts(mask_paths, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_counts(masks, num_classes: int, total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of each class, and labelled pixels of the images in which each class appears (for
-    SegNet's scheme); ignored pixels (value 255) belong to no class and count for neither."""
+    SegNet's scheme), from class-index masks (arrays, or paths to PNGs) streamed one at a time;
+    ignored pixels (value 255) belong to no class and count for neither."""
     counts = np.zeros(num_classes, np.int64)
     present_in = np.zeros(num_classes, np.int64)
-    for path in tqdm(mask_paths, desc="counting pixels"):
-        mask = np.asarray(Image.open(path))
+    for mask in tqdm(masks, total=total, desc="counting pixels"):
+        mask = np.asarray(Image.open(mask)) if isinstance(mask, (str, Path)) else mask
         per_class = np.bincount(mask.ravel(), minlength=IGNORE + 1)[:num_classes]
         counts += per_class
         present_in[per_class > 0] += per_class.sum()
@@ -73,8 +75,8 @@ def compute_weights(counts, scheme: str, max_ratio: float | None = None, present
 
 def write_class_weights(run: RunDir, cfg) -> dict:
     manifest = data_loading.load_manifest(run)
-    _, masks = data_loading.split_paths(run, manifest, "train")
-    counts, present_in = pixel_counts(masks, len(manifest["classes"]))
+    masks = (mask for _, _, mask in data_loading.read_samples(data_loading.split_shards(run, manifest, "train"), images=False))
+    counts, present_in = pixel_counts(masks, len(manifest["classes"]), manifest["splits"]["train"]["items"])
     scheme = cfg.class_weights
     weights = compute_weights(counts, scheme.scheme, scheme.max_ratio, present_in, manifest["classes"])
     result = {"scheme": scheme.scheme, "max_ratio": scheme.max_ratio, "classes": manifest["classes"],

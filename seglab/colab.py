@@ -1,35 +1,151 @@
-"""The Colab set-up cell: install what Colab lacks, keep Colab's own TensorFlow.
+"""Colab as it runs: the notebooks' first cell, and where a Colab runtime keeps its files.
 
-Colab ships TensorFlow and Keras 3 but not segmentation_models; tf-keras must match
-TensorFlow's minor version, or importing it pulls in another TensorFlow. Locally this
-does nothing.
+On Colab each notebook gets its own runtime (its own machine and ``/content``, gone when it
+ends), so what one notebook hands to the next lives on Google Drive: the run folder defaults
+to ``MyDrive/seglab/runs/<config name>``. The first cell of every notebook (:func:`setup_cell`,
+stamped into the notebooks by ``python -m seglab render --cells-only``) mounts Drive, installs
+this project and what Colab lacks, and stops with one sentence when it cannot.
+
+``GITHUB_REPO`` is the one place that names the project's public address: the set-up cell
+installs from it and the "Open in Colab" badges link to it. Until it is set, the cell installs
+from a copy of the project folder on Drive (``MyDrive/seglab``) or says what to set.
 """
 from __future__ import annotations
 
-import subprocess
+import hashlib
 import sys
-from importlib import metadata
+from pathlib import Path
+
+PLACEHOLDER = "OWNER/REPO"
+GITHUB_REPO = PLACEHOLDER  # the project's public GitHub repository, "owner/name"; then run `make cells`
+GITHUB_BRANCH = "main"
+
+COLAB_ROOT = Path("/content")  # a runtime's own disk, lost when the runtime ends
+DRIVE = COLAB_ROOT / "drive"  # where the set-up cell mounts Google Drive
+DRIVE_FOLDER = "seglab"  # MyDrive/seglab: the project folder (optional) and runs/
+COLAB_CONFIG, LOCAL_CONFIG = "colab_t4", "demo"  # the default config on Colab and elsewhere
+
+
+def install_source() -> str:
+    """What pip installs the project from, derived from ``GITHUB_REPO``."""
+    return f"git+https://github.com/{GITHUB_REPO}@{GITHUB_BRANCH}"
+
+
+def badge_url(notebook: str) -> str:
+    return f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/{GITHUB_BRANCH}/notebooks/{notebook}"
+
+
+def badge(notebook: str) -> str:
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({badge_url(notebook)})"
 
 
 def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def install_commands() -> list[list[str]]:
-    major, minor = metadata.version("tensorflow").split(".")[:2]
-    return [[sys.executable, "-m", "pip", "install", "-q", f"tf-keras~={major}.{minor}.0",
-             "segmentation-models==1.0.1", "scikit-image>=0.26", "PyYAML", "papermill"]]
+def default_config() -> str:
+    """The config a notebook uses when none is named: the T4 config on Colab, the CPU demo elsewhere."""
+    return COLAB_CONFIG if in_colab() else LOCAL_CONFIG
 
 
-def setup_colab(mount_drive: bool = False, run=subprocess.run) -> list[list[str]]:
-    """On Colab, install the extra packages and optionally mount Google Drive; return what ran."""
-    if not in_colab():
-        return []
-    commands = install_commands()
-    for command in commands:
-        run(command, check=True)
-    if mount_drive:
-        from google.colab import drive
+def drive_runs() -> Path:
+    return DRIVE / "MyDrive" / DRIVE_FOLDER / "runs"
 
-        drive.mount("/content/drive")
-    return commands
+
+def run_defaults(name: str) -> dict:
+    """On Colab, the run folder on Drive (so the next notebook's runtime finds it) and downloads on the
+    runtime's own disk: a public dataset unpacks into thousands of small files, slow on Drive, and
+    only notebook 01 reads them."""
+    if not drive_runs().parent.parent.is_dir():
+        raise RuntimeError(f"Google Drive is not mounted at {DRIVE}: run this notebook's first cell (it mounts "
+                           f"Drive), or set run_dir to a folder under {COLAB_ROOT} (lost when the runtime ends).")
+    return {"run_dir": str(drive_runs() / name), "data.download_dir": str(COLAB_ROOT / "data" / "downloads")}
+
+
+def local_cache(run_root: str | Path) -> Path | None:
+    """A folder on the runtime's own disk for copies of a run folder on Drive; None for a local run folder."""
+    root = Path(run_root).absolute()
+    drive = {DRIVE, DRIVE.resolve()}
+    if not any(root == d or d in root.parents or d in root.resolve().parents for d in drive):
+        return None
+    return COLAB_ROOT / "seglab_cache" / hashlib.sha1(str(root).encode()).hexdigest()[:12]
+
+
+SETUP_DOC = """\
+**Set-up.** On Colab the next cell mounts Google Drive (one consent click per runtime), then installs this \
+project with segmentation_models and the `tf-keras` matching Colab's TensorFlow (Colab's TensorFlow is kept); \
+run again, or after *Restart session*, it installs nothing twice. Elsewhere it does nothing. \
+It installs from `SEGLAB_SOURCE`, or from a copy of the project folder on Drive (`MyDrive/seglab`). \
+The run folder is on Drive, `MyDrive/seglab/runs/<config>`, because every notebook runs in its own Colab \
+runtime whose disk is gone when it ends: Drive is where notebook 01's dataset reaches notebook 02, and where \
+an interrupted training resumes from."""
+
+PARAMETERS_DOC = """\
+**Parameters.** One config drives the whole series, named (`"demo"`, `"colab_t4"`) or as a path to a YAML \
+file. `python -m seglab run` (or papermill) replaces these values; edit them here when you run the notebook \
+by hand."""
+
+PARAMETERS = """\
+config_path = None  # None: "colab_t4" on Colab, "demo" elsewhere; or a name, or a path like "../configs/demo.yaml"
+overrides = []  # list of key=value strings, for example train.epochs=3
+run_dir = None  # None: on Colab MyDrive/seglab/runs/<config name>, elsewhere the config's run_dir"""
+
+_SETUP_CELL = '''\
+# Colab set-up; elsewhere this cell does nothing. Generated from seglab/colab.py: `python -m seglab render --cells-only`.
+SEGLAB_SOURCE = "{source}"  # pip address of this project
+DRIVE_FOLDER = "{folder}"  # or copy the project folder to Google Drive as MyDrive/{folder}; runs go to its runs/
+
+
+def _seglab_setup(source, folder):
+    import importlib, importlib.util, os, shutil, subprocess, sys
+    from importlib import metadata
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    if "google.colab" not in sys.modules:
+        if importlib.util.find_spec("seglab") is None:
+            raise RuntimeError("seglab is not installed for this kernel: run `make lab`, or `pip install -e .` in the kernel's environment.")
+        return print(f"Not on Colab: nothing to set up (seglab {{version('seglab')}} in this kernel's environment).")
+    from google.colab import drive
+
+    if not os.path.isdir("/content/drive/MyDrive"):
+        drive.mount("/content/drive")  # run folders live on Drive, which outlives this runtime
+    if version("tensorflow") is None:
+        raise RuntimeError("This runtime has no TensorFlow (Colab's TPU runtimes ship none): choose a GPU (T4) or CPU runtime under Runtime > Change runtime type.")
+    tf_minor = ".".join(version("tensorflow").split(".")[:2])
+    project = f"/content/drive/MyDrive/{{folder}}"
+    if version("seglab") and version("segmentation-models") and (version("tf-keras") or "").startswith(tf_minor + "."):
+        print(f"seglab {{version('seglab')}} is already installed in this runtime.")
+    else:
+        if os.path.isfile(f"{{project}}/pyproject.toml"):
+            target, where = "/content/seglab_src", f"the project folder on Drive, MyDrive/{{folder}}"
+            shutil.rmtree(target, ignore_errors=True)  # pip builds inside the folder: a local copy, not Drive
+            shutil.copytree(project, target, ignore=shutil.ignore_patterns("runs", "data", ".git", ".venv*", "__pycache__"))
+        elif "{placeholder}" not in source:
+            target, where = source, source
+        else:
+            raise RuntimeError(f"No install source: set SEGLAB_SOURCE above to this project's pip address (git+https://github.com/<owner>/<name>), or copy the project folder to Google Drive as MyDrive/{{folder}}.")
+        print(f"Installing seglab from {{where}}, segmentation-models 1.0.1 and tf-keras {{tf_minor}} ...")
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", target, f"tf-keras~={{tf_minor}}.0",
+                              "segmentation-models==1.0.1"], capture_output=True, text=True)
+        if pip.returncode:
+            print(pip.stdout, pip.stderr, sep="\\n")
+            raise RuntimeError(f"pip could not install seglab from {{where}} (exit code {{pip.returncode}}); its message is above.")
+        importlib.invalidate_caches()
+    gpu = shutil.which("nvidia-smi") is not None
+    print(f"seglab {{version('seglab')}}, TensorFlow {{version('tensorflow')}}, tf-keras {{version('tf-keras')}}, "
+          f"segmentation-models {{version('segmentation-models')}}; {{'GPU' if gpu else 'CPU'}} runtime; runs in MyDrive/{{folder}}/runs.")
+    if not gpu:
+        print('No GPU: the "colab_t4" config takes hours on a CPU; pick a T4 under Runtime > Change runtime type, or set config_path = "demo" below.')
+
+
+_seglab_setup(SEGLAB_SOURCE, DRIVE_FOLDER)'''
+
+
+def setup_cell(source: str | None = None) -> str:
+    """The first code cell of every notebook; plain Python, for it runs before seglab is installed."""
+    return _SETUP_CELL.format(source=source or install_source(), folder=DRIVE_FOLDER, placeholder=PLACEHOLDER)

@@ -130,6 +130,7 @@ class EvalConfig:
     tta: bool = True
     postprocess: bool = True
     min_component_sizes: list[int] = field(default_factory=lambda: [0, 16, 64])
+    saved_predictions: int = 8  # per model, prediction PNGs of the first N test images (plus the best and worst two)
 
 
 @dataclass
@@ -301,6 +302,7 @@ RULES = {
     "train.steps_per_epoch": ((lambda v: v > 0), "a positive integer, or null for the whole training split"),
     "evaluation.min_component_sizes": ((lambda v: v and min(v) >= 0),
                                        "a non-empty list of non-negative integers (0: remove nothing)"),
+    "evaluation.saved_predictions": ((lambda v: v >= 0), "a non-negative integer (0: only the best and worst two)"),
     "inference.tile_overlap": _OVERLAP,
     "inference.batch_size": _POSITIVE,
 }
@@ -365,25 +367,52 @@ def _get(tree: dict, dotted: str):
     return tree
 
 
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout: the files to edit
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # an installed wheel: the same files, copied in
+
+
+def config_names() -> list[str]:
+    return sorted({p.stem for folder in (CHECKOUT_CONFIGS, PACKAGED_CONFIGS) for p in folder.glob("*.yaml")})
+
+
+def find_config(path_or_name: str | Path) -> Path:
+    """A config file by path, or by name (``demo``, ``colab_t4``) from any working directory.
+
+    A name is looked up in the checkout's ``configs/``, else in the copy shipped inside the
+    installed package (``pip install`` of the project, as on Colab).
+    """
+    text = str(path_or_name)
+    if "/" in text or "\\" in text or text.endswith((".yaml", ".yml")):
+        path = Path(path_or_name)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    for folder in (CHECKOUT_CONFIGS, PACKAGED_CONFIGS):
+        if (folder / f"{text}.yaml").is_file():
+            return folder / f"{text}.yaml"
+    raise ConfigError(f"no config named {text!r}; known: {', '.join(config_names())}, or give a path to a YAML file")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Read ``path`` (or the defaults), apply overrides in order, check the result.
+    """Read ``path`` (a file, or a config name; or the defaults), apply overrides in order, check the result.
 
     Relative paths written in the file are relative to the file (as in docker-compose), so
     a config works from any working directory; relative paths in overrides are relative
-    to the working directory of whoever typed them. All paths come out absolute.
+    to the working directory of whoever typed them. A config shipped inside the installed
+    package has no project folder around it: it is read as if it lay in ``configs/`` of the
+    working directory (``../runs/demo`` is ``./runs/demo``). All paths come out absolute.
     """
     tree: dict = {}
     base = Path.cwd()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        path = find_config(path)
         tree = yaml.safe_load(path.read_text()) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
+        folder = base / "configs" if path.resolve().parent == PACKAGED_CONFIGS else path.parent
         for key in PATH_KEYS:
             if is_path_setting(key, _get(tree, key)):
-                _set(tree, key, str((path.parent / _get(tree, key)).resolve()))
+                _set(tree, key, str((folder / _get(tree, key)).resolve()))
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         _set(tree, key, str((base / value).resolve()) if is_path_setting(key, value) else value)

@@ -1,16 +1,22 @@
 """Step 01: read a source, check it, resize or tile it, split it, and write the processed set.
 
-Output in the run folder: ``dataset/images/*.png``, ``dataset/masks/*.png`` (class indices,
-``sources.IGNORE`` = 255 for ignored pixels) and ``dataset/dataset.json`` (classes, colours,
-split membership, pixel counts without the ignored pixels, and ``ignore_index``: 255 when the
-source declares an ignore label, else null). The split is by source image, so tiles of one
-image never land on both sides; ``splits[split]["source_ids"]`` lists each split's source
-images (sorted stems).
+Output in the run folder, a bounded number of files whatever the dataset's size (the run
+folder may live on Google Drive, which is slow with many small files):
 
-Evaluation scores at the user's resolution, so each val and test source image is also kept
-at its original size: ``dataset/originals/images/{stem}.png`` (RGB as ``sources.read_image``
-returns it) and ``dataset/originals/masks/{stem}.png`` (class indices, 255 = ignore); see
-:func:`original_pairs`.
+- ``dataset/{split}-00000-of-000NN.tfrecord`` for ``split`` in train, val, test: the samples at
+  the model's input size, each a ``tf.train.Example`` with ``id``, ``image`` (RGB PNG) and
+  ``mask`` (PNG of class indices, ``sources.IGNORE`` = 255 for ignored pixels);
+- ``dataset/{split}-originals-00000-of-000NN.tfrecord`` for val and test: each source image at
+  its original size with its mask (evaluation scores at the user's resolution); see
+  :func:`original_pairs`;
+- ``dataset/dataset.json``: classes, colours, split membership, shard names, pixel counts
+  without the ignored pixels, and ``ignore_index`` (255 when the source declares an ignore
+  label, else null).
+
+A split's shards hold consecutive source images (a few tens of MB each, at most
+``MAX_SHARDS``), so reading them in order gives the sorted order; training shuffles files
+and a bounded buffer of records. The split is by source image, so tiles of one image never
+land on both sides; ``splits[split]["source_ids"]`` lists each split's source images.
 
 ``fingerprint`` in dataset.json sums up the inputs; a rerun with the same fingerprint reuses
 the dataset and leaves the run folder's records as they are, so later steps stay valid.
@@ -18,9 +24,12 @@ the dataset and leaves the run folder's records as they are, so later steps stay
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import re
+import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,14 +40,16 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from seglab import sources
-from seglab.artifacts import MissingInput, RunDir, atomic_dir
+from seglab import colab, demo_data, sources
+from seglab.artifacts import MissingInput, RunDir, atomic_dir, atomic_file
+from seglab.backend import tf
 from seglab.config import Config
-from seglab import demo_data
 
 SPLITS = ("train", "val", "test")
 ORIGINAL_SPLITS = ("val", "test")  # kept at their original size for scoring
-LAYOUT_VERSION = 1  # part of the fingerprint: bump it whenever prepare_dataset writes something different
+LAYOUT_VERSION = 2  # part of the fingerprint: bump it whenever prepare_dataset writes something different
+SHARD_BYTES = 64 * 2**20  # aimed size of one shard file, estimated from the source files' sizes
+MAX_SHARDS = 32  # per split and kind, however large the dataset
 PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction",
                       "group_pattern")
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -203,22 +214,65 @@ def _ordered_map(pool: ThreadPoolExecutor, fn, items, window: int):
             future.cancel()
 
 
-def _process_pair(pair, classes: sources.ClassInfo, data, keep_original: bool, out: Path):
-    """Read, check, cut and write one source pair; return its stem, size, pieces (id, origin) and
-    pixels per class. Runs in a worker thread: only this summary comes back, never the pixels."""
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _example(item_id: str, image_png: bytes, mask_png: bytes) -> bytes:
+    feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+               for key, value in (("id", item_id.encode()), ("image", image_png), ("mask", mask_png))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _process_pair(pair, classes: sources.ClassInfo, data, keep_original: bool):
+    """Read, check and cut one source pair; return its stem, size, pieces (id, origin, record), pixels
+    per class and, for val and test, the original as a record. Runs in a worker thread: what comes
+    back is compressed (PNG), and only a bounded window of pairs is in flight."""
     stem, image_path, mask_path = pair
     image, mask = sources.read_pair(image_path, mask_path, classes)
-    if keep_original:
-        Image.fromarray(image).save(out / "originals" / "images" / f"{stem}.png")
-        Image.fromarray(mask).save(out / "originals" / "masks" / f"{stem}.png")
+    original = _example(stem, _png(image), _png(mask)) if keep_original else None
     pieces, pixels = [], np.zeros(len(classes.names), np.int64)
     for origin, img, msk in preprocess(image, mask, data.image_size, data.mode, data.tile_overlap):
         item_id = stem if origin is None else f"{stem}_y{origin[0]}_x{origin[1]}"
-        Image.fromarray(img).save(out / "images" / f"{item_id}.png")
-        Image.fromarray(msk).save(out / "masks" / f"{item_id}.png")
         pixels += np.bincount(msk.ravel(), minlength=sources.IGNORE + 1)[: len(classes.names)]
-        pieces.append((item_id, None if origin is None else list(origin)))
-    return stem, list(mask.shape), pieces, pixels
+        pieces.append((item_id, None if origin is None else list(origin), _example(item_id, _png(img), _png(msk))))
+    return stem, list(mask.shape), pieces, pixels, original
+
+
+def shard_names(kind: str, count: int) -> list[str]:
+    """``train-00000-of-00004.tfrecord`` ...: the files of one kind (a split, or ``val-originals``)."""
+    return [f"{kind}-{i:05d}-of-{count:05d}.tfrecord" for i in range(count)]
+
+
+def shard_count(estimated_bytes: int, sources_in_split: int) -> int:
+    """Shards of about ``SHARD_BYTES``, at least one, at most ``MAX_SHARDS`` and one per source image."""
+    return max(1, min(MAX_SHARDS, sources_in_split, math.ceil(estimated_bytes / SHARD_BYTES)))
+
+
+class _ShardWriter:
+    """Consecutive source images of one kind into ``count`` shards: source ``i`` of ``n`` goes to
+    shard ``i * count // n``, so every shard gets at least one and one file is open at a time."""
+
+    def __init__(self, folder: Path, kind: str, count: int, sources_in_split: int):
+        self.paths = [folder / name for name in shard_names(kind, count)]
+        self.count, self.total, self.seen = count, sources_in_split, 0
+        self.index, self.writer = -1, None
+
+    def add(self, records: list[bytes]) -> None:
+        index = self.seen * self.count // self.total
+        self.seen += 1
+        if index != self.index:
+            self.close()
+            self.index, self.writer = index, tf.io.TFRecordWriter(str(self.paths[index]))
+        for record in records:
+            self.writer.write(record)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def _fingerprint(cfg: Config, root: Path, pairs: list) -> str:
@@ -243,12 +297,13 @@ def _unchanged(run: RunDir, fingerprint: str):
     return previous if previous.get("fingerprint") == fingerprint else None
 
 
-def prepare_dataset(cfg: Config, run: RunDir) -> dict:
+def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
     """Run step 01 and record it; the previous dataset stays in place unless every input is good.
 
     Pairs are processed in threads (the image codecs and OpenCV release the GIL; processes
-    would fork a kernel that may hold TensorFlow), a bounded window of them at a time. When
-    no input changed since the recorded run, the dataset is reused as it is.
+    would fork a kernel that may hold TensorFlow), a bounded window of them at a time, and
+    written into a few shard files per split. When no input changed since the recorded run,
+    the dataset is reused as it is.
     """
     root = resolve_source(cfg)
     classes = sources.read_classes(root / "classes.json")
@@ -256,7 +311,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     fingerprint = _fingerprint(cfg, root, found)
     previous = _unchanged(run, fingerprint)
     if previous is not None:
-        print("dataset unchanged since the last run of 01; reusing dataset/")
+        log("dataset unchanged since the last run of 01; reusing dataset/")
         return previous
     pairs = subset_sources(found, cfg.data.max_images, cfg.seed)
     split_of, split_by = choose_split(root, [stem for stem, _, _ in found], [stem for stem, _, _ in pairs], cfg)
@@ -266,18 +321,25 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
     source_sizes = {}
     workers = os.cpu_count() or 1
     with atomic_dir(run.path("dataset")) as out, ThreadPoolExecutor(workers) as pool:
-        for folder in ("images", "masks", "originals/images", "originals/masks"):
-            (out / folder).mkdir(parents=True)
+        writers = _writers(out, pairs, split_of, cfg.data)
 
         def work(pair):
-            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in ORIGINAL_SPLITS, out)
+            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in ORIGINAL_SPLITS)
 
-        results = _ordered_map(pool, work, pairs, 2 * workers)
-        for stem, size, pieces, counts in tqdm(results, total=len(pairs), desc="preprocessing"):
-            split = split_of[stem]
-            source_sizes[stem] = size
-            pixels[split] += counts
-            items += [{"id": item_id, "source": stem, "split": split, "origin": origin} for item_id, origin in pieces]
+        try:
+            results = _ordered_map(pool, work, pairs, 2 * workers)
+            for stem, size, pieces, counts, original in tqdm(results, total=len(pairs), desc="preprocessing"):
+                split = split_of[stem]
+                source_sizes[stem] = size
+                pixels[split] += counts
+                writers[split].add([record for _, _, record in pieces])
+                if original is not None:
+                    writers[f"{split}-originals"].add([original])
+                items += [{"id": item_id, "source": stem, "split": split, "origin": origin}
+                          for item_id, origin, _ in pieces]
+        finally:
+            for writer in writers.values():
+                writer.close()
         manifest = {
             "classes": classes.names,
             "colors": colors,
@@ -289,6 +351,7 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
             "seed": cfg.seed,
             "split_by": split_by,
             "fingerprint": fingerprint,
+            "shards": {kind: [p.name for p in writer.paths] for kind, writer in writers.items()},
             "splits": {s: {"sources": sum(v == s for v in split_of.values()),
                            "source_ids": sorted(stem for stem, v in split_of.items() if v == s),
                            "items": sum(i["split"] == s for i in items),
@@ -299,6 +362,21 @@ def prepare_dataset(cfg: Config, run: RunDir) -> dict:
         run.start("data")  # every input was good: the old dataset is replaced next
     run.record("data", {"dataset": "dataset/dataset.json"}, config=cfg)
     return manifest
+
+
+def _writers(out: Path, pairs: list, split_of: dict, data) -> dict:
+    """A shard writer per split and per kept originals, sized from the source files' bytes
+    (for resized samples, at most four bytes per pixel of the model's input)."""
+    writers = {}
+    for split in SPLITS:
+        members = [(image, mask) for stem, image, mask in pairs if split_of[stem] == split]
+        source_bytes = sum(image.stat().st_size + mask.stat().st_size for image, mask in members)
+        resized = len(members) * data.image_size ** 2 * 4 if data.mode == "resize" else source_bytes
+        writers[split] = _ShardWriter(out, split, shard_count(min(source_bytes, resized), len(members)), len(members))
+        if split in ORIGINAL_SPLITS:
+            kind = f"{split}-originals"
+            writers[kind] = _ShardWriter(out, kind, shard_count(source_bytes, len(members)), len(members))
+    return writers
 
 
 def fit_batch_size(train_items: int, batch_size: int, replicas: int = 1, log=print) -> int:
@@ -327,19 +405,55 @@ def split_ids(manifest: dict, split: str) -> list[str]:
     return [i["id"] for i in manifest["items"] if i["split"] == split]
 
 
-def split_paths(run: RunDir, manifest: dict, split: str) -> tuple[list[str], list[str]]:
-    base = run.path("dataset")
-    ids = split_ids(manifest, split)
-    return [str(base / "images" / f"{i}.png") for i in ids], [str(base / "masks" / f"{i}.png") for i in ids]
-
-
-def original_pairs(run: RunDir, manifest: dict, split: str) -> list[tuple[str, Path, Path]]:
-    """(stem, image, mask) at the original size for each source image of ``split`` ("val" or "test"), by stem."""
-    if split not in ORIGINAL_SPLITS:
+def split_shards(run: RunDir, manifest: dict, split: str, originals: bool = False) -> list[Path]:
+    """The shard files of ``split`` (train, val, test) at the model's size, or of its originals."""
+    kind = f"{split}-originals" if originals else split
+    if kind not in manifest["shards"]:
         raise ValueError(f"originals are kept for the {' and '.join(ORIGINAL_SPLITS)} splits, not {split!r}")
-    base = run.path("dataset", "originals")
-    return [(stem, base / "images" / f"{stem}.png", base / "masks" / f"{stem}.png")
-            for stem in manifest["splits"][split]["source_ids"]]
+    return [run.path("dataset", name) for name in manifest["shards"][kind]]
+
+
+FEATURES = {key: tf.io.FixedLenFeature([], tf.string) for key in ("id", "image", "mask")}
+
+
+def read_samples(shards, images: bool = True):
+    """``(id, image or None, mask)`` as NumPy arrays, one record at a time, in the shards' order."""
+    for record in tf.data.TFRecordDataset([str(path) for path in shards]).as_numpy_iterator():
+        feature = tf.train.Example.FromString(record).features.feature
+        mask = np.asarray(Image.open(io.BytesIO(feature["mask"].bytes_list.value[0])))
+        image = np.asarray(Image.open(io.BytesIO(feature["image"].bytes_list.value[0])).convert("RGB")) if images else None
+        yield feature["id"].bytes_list.value[0].decode(), image, mask
+
+
+def original_pairs(run: RunDir, manifest: dict, split: str, stems=None):
+    """``(stem, image, mask)`` at the original size for each source image of ``split`` ("val" or
+    "test"), in sorted order, streamed one at a time; only the ``stems`` given, when given."""
+    wanted = None if stems is None else set(stems)
+    shards = local_shards(run, split_shards(run, manifest, split, originals=True), log=lambda _: None)
+    for stem, image, mask in read_samples(shards):
+        if wanted is None or stem in wanted:
+            yield stem, image, mask
+
+
+def local_shards(run: RunDir, shards: list[Path], log=print) -> list[Path]:
+    """The shards on this machine's own disk, for steps that read them again and again.
+
+    A run folder on Google Drive (Colab) is read over the network; the shards are copied once
+    per runtime to ``colab.local_cache(run.root)`` (a few large files: quick). A local run
+    folder is used as it is.
+    """
+    cache = colab.local_cache(run.root)
+    if cache is None:
+        return list(shards)
+    copies = []
+    for path in shards:
+        copy = cache / path.name
+        stat = path.stat()
+        if not copy.exists() or copy.stat().st_size != stat.st_size or copy.stat().st_mtime_ns != stat.st_mtime_ns:
+            atomic_file(copy, lambda tmp: shutil.copy2(path, tmp))
+        copies.append(copy)
+    log(f"{len(copies)} shard file(s) of dataset/ read from a copy on the local disk, {cache}")
+    return copies
 
 
 def class_frequency_table(manifest: dict) -> list[dict]:
@@ -356,10 +470,12 @@ def class_frequency_table(manifest: dict) -> list[dict]:
 
 def sample_figure(run: RunDir, manifest: dict, count: int = 6):
     """Training images beside their masks, in the class colours."""
+    from itertools import islice
+
     from seglab import plots
 
-    images, masks = split_paths(run, manifest, "train")
-    rows = [[np.asarray(Image.open(images[i])), np.asarray(Image.open(masks[i]))] for i in range(min(count, len(images)))]
+    samples = islice(read_samples(split_shards(run, manifest, "train")), count)
+    rows = [[image, mask] for _, image, mask in samples]
     columns = 2 if len(rows) > 1 else 1
     pairs = [sum(rows[i:i + columns], []) for i in range(0, len(rows) - columns + 1, columns)]
     return plots.image_grid(pairs, ["image", "mask"] * columns, manifest["classes"], manifest["colors"])

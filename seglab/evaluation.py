@@ -6,10 +6,15 @@ compared with its original mask. Images stream through one at a time: a confusio
 per (option, split) is all that is kept, so memory does not grow with the dataset.
 Options that could be tuned (test-time flips, removing small components, opening) are
 chosen on the validation split; the test split only reports, before and after.
+
+Each test image's mean IoU goes to ``metrics.json``; prediction PNGs, which people look at,
+are written for a bounded number of test images per model (``evaluation.saved_predictions``
+first ones, plus the best and the worst two), so the run folder does not grow with the test set.
 """
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import itertools
 from pathlib import Path
@@ -17,16 +22,14 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from skimage import morphology
+from skimage import measure, morphology
 from tqdm import tqdm
 
 from seglab import data_loading, inference, metrics, pipeline, training
 from seglab.artifacts import RunDir, atomic_dir, read_json, write_json, write_text
 
 
-def read_original(image_path, mask_path) -> tuple[np.ndarray, np.ndarray]:
-    """An image as RGB uint8 and its class-index mask, at their original size."""
-    return np.asarray(Image.open(image_path).convert("RGB")), np.asarray(Image.open(mask_path))
+EXTREMES = 2  # the best and the worst this many test images per model keep their prediction PNG (notebook 05)
 
 
 def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) -> np.ndarray:
@@ -39,30 +42,68 @@ def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) ->
         kept = region
         if opening:
             kept = morphology.opening(kept, morphology.disk(1))
-        if min_size:
-            kept = morphology.remove_small_objects(kept, max_size=min_size - 1)
+        if min_size:  # as morphology.remove_small_objects, whose arguments differ between scikit-image versions
+            components = measure.label(kept, connectivity=1)
+            kept = kept & (np.bincount(components.ravel()) >= min_size)[components]
         out[region & ~kept] = 0
     return out
 
 
+def best_and_worst(per_image_iou: dict, count: int = EXTREMES) -> tuple[list[str], list[str]]:
+    """The ``count`` images with the highest and with the lowest IoU; on a tie, the later image ranks higher."""
+    ranked = sorted(per_image_iou, key=lambda i: per_image_iou[i])
+    return ranked[::-1][:count], ranked[:count]
+
+
+class PredictionSaver:
+    """Writes ``STEM.png`` label maps for the first ``first`` images streamed through it and, at the end,
+    for the best and worst ``extremes`` by IoU (as :func:`best_and_worst` ranks them). It holds at most
+    ``2 * extremes`` label maps, whatever the number of images."""
+
+    def __init__(self, out_dir: Path, first: int, extremes: int = EXTREMES):
+        self.out_dir, self.first, self.extremes = Path(out_dir), first, extremes
+        self.saved, self.best, self.worst, self.seen = [], [], [], 0
+
+    def offer(self, stem: str, iou: float, labels: np.ndarray) -> None:
+        if len(self.saved) < self.first:
+            self._save(stem, labels)
+        key = (iou, self.seen)  # the stream position breaks ties, as sorting the per-image dict does
+        self.seen += 1
+        for heap, sign in ((self.best, 1), (self.worst, -1)):
+            entry = ((sign * key[0], sign * key[1]), stem, labels)
+            if len(heap) < self.extremes:
+                heapq.heappush(heap, entry)
+            elif entry[0] > heap[0][0]:
+                heapq.heapreplace(heap, entry)
+
+    def finish(self) -> list[str]:
+        for _, stem, labels in sorted(self.best, reverse=True) + sorted(self.worst, reverse=True):
+            if stem not in self.saved:
+                self._save(stem, labels)
+        return self.saved
+
+    def _save(self, stem: str, labels: np.ndarray) -> None:
+        Image.fromarray(labels.astype(np.uint8)).save(self.out_dir / f"{stem}.png")
+        self.saved.append(stem)
+
+
 def score_images(pairs, label_maps: Callable[[np.ndarray], dict], classes: list, keep: str | None = None,
-                 out_dir: Path | None = None, desc: str = "scoring") -> tuple[dict, dict]:
+                 saver: PredictionSaver | None = None, desc: str = "scoring") -> tuple[dict, dict]:
     """Stream ``(stem, image, mask)`` pairs through ``label_maps(image) -> {name: labels}``.
 
     Returns the scores of every name from its confusion matrix over all images, and, for
-    the name ``keep``, each image's mean IoU (its labels are also saved to ``out_dir``).
+    the name ``keep``, each image's mean IoU (its labels are offered to ``saver``).
     """
     n = len(classes)
     totals, per_image = {}, {}
-    for stem, image_path, mask_path in tqdm(pairs, desc=desc):
-        image, truth = read_original(image_path, mask_path)
+    for stem, image, truth in tqdm(pairs, desc=desc):
         for name, labels in label_maps(image).items():
             cm = metrics.confusion_matrix(truth, labels, n)
             totals[name] = totals.get(name, 0) + cm
             if name == keep:
                 per_image[stem] = metrics.image_mean_iou(cm)
-                if out_dir is not None:
-                    Image.fromarray(labels.astype(np.uint8)).save(out_dir / f"{stem}.png")
+                if saver is not None:
+                    saver.offer(stem, per_image[stem], labels)
     scores = {name: {**metrics.scores(cm, classes), "confusion_matrix": cm.tolist()} for name, cm in totals.items()}
     return scores, per_image
 
@@ -97,11 +138,13 @@ def evaluate_model(predictor, cfg, run: RunDir, manifest: dict, out_dir: Path | 
     options = {_name(v): v for v in variants}
     simplest_first = lambda k: (val[k]["mean_iou"], -sum(map(bool, options[k].values())))
     chosen = max(val, key=simplest_first)  # on a tie, the option with fewer parts
+    saver = PredictionSaver(out_dir, cfg.evaluation.saved_predictions) if out_dir is not None else None
     test, per_image = score_images(data_loading.original_pairs(run, manifest, "test"), label_maps, classes,
-                                   keep=chosen, out_dir=out_dir, desc="test")
+                                   keep=chosen, saver=saver, desc="test")
     return {
         **test["plain"],
-        "per_image_iou": per_image,  # of the chosen option, as saved in predictions/
+        "per_image_iou": per_image,  # of the chosen option
+        "saved_predictions": saver.finish() if saver else [],  # predictions/ARCH/STEM.png: the first ones, best, worst
         "selected_on_val": {**options[chosen], "name": chosen},
         "variants": {k: {"val_mean_iou": val[k]["mean_iou"], "test_mean_iou": test[k]["mean_iou"]} for k in options},
         "with_selected": {k: test[chosen][k] for k in ("mean_iou", "mean_dice", "pixel_accuracy", "per_class_iou")},

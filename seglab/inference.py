@@ -134,13 +134,20 @@ def example_inputs(cfg, run, manifest: dict, count: int = 3) -> list[tuple[Path,
     """(image, true mask or None) to show notebook 06 on: the user's own images first.
 
     ``inference.input`` when set (no masks); otherwise the ``count`` largest held-out test
-    images at their original size, with their masks. For the demo source only, a generated
-    scene eight times a training image's side is added, to show tiling on a large image.
+    images at their original size, with their masks, taken out of notebook 01's shards into
+    ``inference/test_images/``. For the demo source only, a generated scene eight times a
+    training image's side is added, to show tiling on a large image.
     """
     if cfg.inference.input:
         return [(path, None) for path in list_inputs(cfg.inference.input)]
-    by_area = sorted(original_pairs(run, manifest, "test"), key=lambda p: -np.prod(Image.open(p[1]).size))
-    examples = [(image, mask) for _, image, mask in by_area[:count]]
+    sizes = manifest["source"]["sizes"]
+    largest = sorted(manifest["splits"]["test"]["source_ids"], key=lambda stem: -np.prod(sizes[stem]))[:count]
+    folder = run.path("inference", "test_images")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, image, mask in original_pairs(run, manifest, "test", stems=largest):
+        _save_png(folder / f"{stem}.png", image)
+        _save_png(folder / f"{stem}_truth.png", mask)
+    examples = [(folder / f"{stem}.png", folder / f"{stem}_truth.png") for stem in largest]
     if manifest["source"]["kind"] == "demo":
         tile = manifest["image_size"]
         scene, truth = make_sample(np.random.default_rng(7), tile * 8, object_scale=tile)

@@ -1,17 +1,19 @@
-"""tf.data input pipelines that stream the processed dataset from disk.
+"""tf.data input pipelines that stream the processed dataset from its shard files.
 
-Files are decoded in parallel, augmented inside the graph (image and mask move together),
-normalised as the encoder expects, batched and prefetched; memory does not grow with the
-dataset.
+Records are read from several shards at once, shuffled in a bounded buffer, decoded in
+parallel, augmented inside the graph (image and mask move together), normalised as the
+encoder expects, batched and prefetched; memory does not grow with the dataset.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from seglab.backend import sm, tf
+from seglab.data_loading import FEATURES
 from seglab.sources import IGNORE
 
 AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 1024  # records (compressed samples) held for shuffling: bounded, whatever the dataset
 
 
 def encoder_normalization(backbone: str) -> dict:
@@ -49,10 +51,9 @@ def labels(one_hot) -> np.ndarray:
     return np.where(one_hot.sum(-1) > 0, one_hot.argmax(-1), IGNORE).astype(np.uint8)
 
 
-def _load(image_path, mask_path):
-    image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
-    mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
-    return image, mask
+def _parse(record):
+    example = tf.io.parse_single_example(record, FEATURES)
+    return tf.io.decode_png(example["image"], channels=3), tf.io.decode_png(example["mask"], channels=1)
 
 
 def _augment(image, mask):
@@ -67,15 +68,40 @@ def _augment(image, mask):
     return tf.clip_by_value(image, 0, 255), tf.cast(mask, tf.uint8)
 
 
-def make_dataset(image_paths, mask_paths, num_classes: int, norm: dict, batch_size: int,
-                 training: bool = False, augment: bool = False, seed: int = 0, repeat: bool = False):
-    """Batches of (normalised image, one-hot mask)."""
-    ds = tf.data.Dataset.from_tensor_slices((list(image_paths), list(mask_paths)))
+def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training: bool = False,
+                 augment: bool = False, seed: int = 0, repeat: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER,
+                 items: int | None = None, size: int | None = None, pad_to: int | None = None):
+    """Batches of (normalised image, one-hot mask) from TFRecord shard files (notebook 01's ``dataset/``).
+
+    For training, the shard order and the records (in a buffer of ``shuffle_buffer``) are
+    shuffled anew each epoch, from ``seed``; otherwise the records come in the shards' order.
+    ``items`` (the number of records) and ``size`` (their side), both in dataset.json, tell Keras
+    and ``tf.distribute`` what a TFRecord file does not: the length, and the static shape with
+    which a last partial batch is split over replicas (an empty replica's share would otherwise
+    come as 0 x 0 images, which the encoder's layers reject).
+
+    ``pad_to`` (evaluation on several replicas) appends fully ignored samples (mask 255) up to a
+    multiple of the global batch: ``tf.distribute`` hands a file-based dataset's last partial
+    batch to the first replica alone and an empty batch to the others, on which batch
+    normalisation fails. Ignored pixels count in no score and no Dice term.
+    """
+    files = [str(path) for path in shards]
+    ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
-        ds = ds.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 4)), num_parallel_calls=AUTOTUNE)
+    if items is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(items))
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(_load, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_parse, num_parallel_calls=AUTOTUNE)
+    if size is not None:
+        ds = ds.map(lambda image, mask: (tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size, 1])))
+    if pad_to and items and items % pad_to:
+        blank = (tf.zeros([size, size, 3], tf.uint8), tf.fill([size, size, 1], tf.constant(IGNORE, tf.uint8)))
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(-items % pad_to))
     if augment:
         ds = ds.map(_augment, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda image, mask: (normalize(image, norm), tf.one_hot(mask[..., 0], num_classes)),

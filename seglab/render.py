@@ -3,6 +3,11 @@
 People read the series on GitHub, so ``notebooks/`` holds the outputs of a real demo run:
 figures downscaled, TensorFlow's start-up log lines and progress bars dropped, no machine
 paths. The README's results section and figures come from the same run.
+
+What every notebook shares is written from one source, :mod:`seglab.colab`, by
+:func:`stamp_notebooks` (``python -m seglab render --cells-only``, no run): the set-up cell
+and its note, the parameters cell and its note, and the "Open in Colab" badges in each
+notebook's title cell and the README.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from pathlib import Path
 import nbformat
 from PIL import Image
 
+from seglab import colab
 from seglab.artifacts import RunDir, atomic_file, write_text
-from seglab.runner import NOTEBOOK_DIR, run_series
+from seglab.runner import NOTEBOOK_DIR, run_series, series
 
 REPO = NOTEBOOK_DIR.parent
 NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|.*\d+it/s\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
@@ -89,7 +95,63 @@ def update_readme(run: RunDir, readme: Path = REPO / "README.md", figure_dir: Pa
     write_text(readme, text)
 
 
+BADGE = re.compile(r"^\[!\[Open In Colab\]\(.*$", re.M)
+
+
+def _set_source(cell, source: str) -> bool:
+    """Replace a cell's source; a changed code cell loses its outputs (they came from the old code)."""
+    if cell.source == source:
+        return False
+    cell.source = source
+    if cell.cell_type == "code":
+        cell.outputs, cell.execution_count = [], None
+    return True
+
+
+def stamp_notebook(nb, name: str) -> bool:
+    """Write the shared cells and the badge into one notebook; True when something changed.
+
+    The set-up cell is the first code cell, its note the cell before; the parameters cell is
+    the one tagged ``parameters``, its note the cell before. Cell ids stay as they are.
+    """
+    title = nb.cells[0]
+    heading, _, rest = title.source.partition("\n")
+    rest = BADGE.sub("", rest.lstrip("\n"), count=1).lstrip("\n")
+    changed = _set_source(title, f"{heading}\n\n{colab.badge(name)}\n\n{rest}")
+    setup = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    parameters = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    for index, code, doc in ((setup, colab.setup_cell(), colab.SETUP_DOC),
+                             (parameters, colab.PARAMETERS, colab.PARAMETERS_DOC)):
+        changed |= _set_source(nb.cells[index], code)
+        if nb.cells[index - 1].cell_type == "markdown":
+            changed |= _set_source(nb.cells[index - 1], doc)
+    return changed
+
+
+def badge_table() -> str:
+    rows = [f"| `{p.stem}` | {colab.badge(p.name)} |" for p in series()]
+    return "\n".join(["| notebook | |", "|---|---|", *rows])
+
+
+def stamp_notebooks(notebook_dir: Path = NOTEBOOK_DIR, readme: Path = REPO / "README.md") -> list[str]:
+    """Stamp every notebook of the series and the README's badge table, without running anything."""
+    changed = []
+    for path in series(notebook_dir):
+        nb = nbformat.read(path, as_version=4)
+        if stamp_notebook(nb, path.name):
+            atomic_file(path, lambda tmp: nbformat.write(nb, str(tmp)))
+            changed.append(path.name)
+    text = readme.read_text()
+    table = f"<!-- colab-badges:start -->\n{badge_table()}\n<!-- colab-badges:end -->"
+    new = re.sub(r"<!-- colab-badges:start -->.*<!-- colab-badges:end -->", lambda _: table, text, flags=re.S)
+    if new != text:
+        write_text(readme, new)
+        changed.append(readme.name)
+    return changed
+
+
 def render(config: str = "configs/demo.yaml", run_dir: str = "runs/render") -> None:
+    stamp_notebooks()
     shutil.rmtree(run_dir, ignore_errors=True)
     timings = run_series(config, run_dir=run_dir)
     run = RunDir(Path(run_dir).resolve())

@@ -3,6 +3,8 @@
 Each notebook is executed by papermill in its own kernel with the config path, overrides
 and run folder injected after its ``parameters`` cell; the executed copy, outputs and
 all, is saved in ``RUN_DIR/notebooks``. The first failing notebook stops the series.
+The kernels import seglab from this checkout (it goes first on their ``PYTHONPATH``), so the
+notebooks run with the code beside them, whatever else is installed.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import papermill
 
-from seglab.config import is_path_setting, load_config, parse_override
+from seglab.config import find_config, is_path_setting, load_config, parse_override
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -37,7 +39,7 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
     out_dir = Path(cfg.run_dir) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {
-        "config_path": os.path.relpath(Path(config_path).resolve(), NOTEBOOK_DIR),
+        "config_path": os.path.relpath(find_config(config_path).resolve(), NOTEBOOK_DIR),
         "overrides": [o for o in overrides if not o.startswith("run_dir=")],
         "run_dir": os.path.relpath(cfg.run_dir, NOTEBOOK_DIR),
     }
@@ -48,7 +50,7 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
         log(f"running {notebook.name} ...")
         start = time.perf_counter()
         try:
-            with _stderr_to(out_dir / "kernels.log"):
+            with _stderr_to(out_dir / "kernels.log"), _checkout_first():
                 papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
                                            cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
         except papermill.PapermillExecutionError as e:
@@ -70,6 +72,19 @@ def _stderr_to(path: Path):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextmanager
+def _checkout_first():
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(NOTEBOOK_DIR.parent), *filter(None, [saved])])
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def _absolute(override: str) -> str:

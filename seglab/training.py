@@ -195,11 +195,15 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
     num_classes, size = len(manifest["classes"]), manifest["image_size"]
     replicas = strategy.num_replicas_in_sync
     norm = pipeline.encoder_normalization(cfg.model.backbone)
-    train_images, train_masks = data_loading.split_paths(run, manifest, "train")
-    batch = data_loading.fit_batch_size(len(train_images), cfg.train.batch_size, replicas, log=log)
-    train = pipeline.make_dataset(train_images, train_masks, num_classes, norm, batch * replicas, training=True,
-                                  augment=cfg.data.augment, seed=cfg.seed, repeat=cfg.train.steps_per_epoch is not None)
-    val = pipeline.make_dataset(*data_loading.split_paths(run, manifest, "val"), num_classes, norm, batch * replicas)
+    shards = {split: data_loading.local_shards(run, data_loading.split_shards(run, manifest, split), log=lambda _: None)
+              for split in ("train", "val")}  # read every epoch: from the local disk when the run folder is on Drive
+    batch = data_loading.fit_batch_size(manifest["splits"]["train"]["items"], cfg.train.batch_size, replicas, log=log)
+    items = {split: manifest["splits"][split]["items"] for split in shards}
+    train = pipeline.make_dataset(shards["train"], num_classes, norm, batch * replicas, training=True, items=items["train"],
+                                  size=size, augment=cfg.data.augment, seed=cfg.seed,
+                                  repeat=cfg.train.steps_per_epoch is not None)
+    val = pipeline.make_dataset(shards["val"], num_classes, norm, batch * replicas, items=items["val"], size=size,
+                                pad_to=batch * replicas if replicas > 1 else None)
 
     paths = {"state": run.path("train_state", arch), "fingerprint": run.path("train_state", f"{arch}.json"),
              "log": run.path("history", f"{arch}.csv"),

@@ -5,37 +5,32 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from seglab import data_loading, plots
+from seglab import data_loading, evaluation, plots
 from seglab.artifacts import RunDir
 from seglab.sources import IGNORE
 
 ERROR_COLORS = [[40, 40, 40], [255, 0, 60], plots.IGNORE_COLOR]  # correct pixel, wrong pixel, ignored pixel
 
 
-def _load(run: RunDir, arch: str, stem: str, originals: dict):
-    """A test image and its mask at their original size (notebook 01), and the prediction notebook 04 saved."""
-    image, truth = (np.asarray(Image.open(p)) for p in originals[stem])
-    prediction = np.asarray(Image.open(run.path("predictions", arch, f"{stem}.png")))
-    return image, truth, prediction
-
-
 def comparison_figure(run: RunDir, manifest: dict, arch: str, ids: list[str], labels: list[str] | None = None):
-    """Image, ground truth, prediction and error map (red: wrong, grey: ignored) side by side."""
-    rows, titles = [], ["image", "ground truth", f"{arch} prediction", "errors (red)"]
-    originals = {stem: (image, mask) for stem, image, mask in data_loading.original_pairs(run, manifest, "test")}
-    for stem in ids:
-        image, truth, prediction = _load(run, arch, stem, originals)
+    """Image, ground truth, prediction and error map (red: wrong, grey: ignored) side by side.
+
+    The test images and masks at their original size come from notebook 01's shards (only
+    ``ids`` are kept in memory), the predictions from the PNGs notebook 04 saved.
+    """
+    titles = ["image", "ground truth", f"{arch} prediction", "errors (red)"]
+    found = {}
+    for stem, image, truth in data_loading.original_pairs(run, manifest, "test", stems=ids):
+        prediction = np.asarray(Image.open(run.path("predictions", arch, f"{stem}.png")))
         errors = np.where(truth == IGNORE, 2, truth != prediction).astype(np.uint8)
-        rows.append([image, truth, prediction, np.asarray(ERROR_COLORS, np.uint8)[errors]])
-    fig = plots.image_grid(rows, titles, manifest["classes"], manifest["colors"])
+        found[stem] = [image, truth, prediction, np.asarray(ERROR_COLORS, np.uint8)[errors]]
+    fig = plots.image_grid([found[stem] for stem in ids], titles, manifest["classes"], manifest["colors"])
     for row, text in zip(fig.axes[:: len(titles)], labels or []):
         row.set_ylabel(text, fontsize=9)
     return fig
 
 
-def best_and_worst(per_image_iou: dict, count: int = 2) -> tuple[list[str], list[str]]:
-    ranked = sorted(per_image_iou, key=lambda i: per_image_iou[i])
-    return ranked[::-1][:count], ranked[:count]
+best_and_worst = evaluation.best_and_worst  # the images notebook 04 kept predictions of, besides the first ones
 
 
 def confusion_figure(report: dict):
@@ -65,6 +60,4 @@ def per_class_iou_figure(report: dict):
 
 def load_inputs(run: RunDir) -> tuple[dict, dict]:
     """The dataset manifest and the metrics, as notebooks 01 and 04 wrote them."""
-    from seglab import evaluation
-
     return data_loading.load_manifest(run), evaluation.load_metrics(run)

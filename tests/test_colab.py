@@ -1,30 +1,95 @@
+"""Colab's defaults and the set-up cell, as far as they can be checked without a Colab runtime
+(tests/test_colab_runtime.py runs the notebooks in simulated runtimes)."""
+import ast
+import contextlib
+import io
 import sys
 import types
-from importlib import metadata
 
-from seglab import colab
+import pytest
+
+from seglab import colab, config
+from seglab.artifacts import open_run
+from seglab.config import ConfigError, load_config
+
+from conftest import REPO
 
 
-def test_does_nothing_outside_colab():
-    calls = []
-    assert colab.setup_colab(mount_drive=True, run=lambda *a, **k: calls.append(a)) == []
-    assert calls == []
-
-
-def test_on_colab_installs_matching_tf_keras_keeps_tensorflow_and_mounts_drive(monkeypatch):
-    mounted = []
+@pytest.fixture
+def on_colab(monkeypatch, tmp_path):
+    """``google.colab`` imported, as Colab's start-up does, and /content in a temporary folder."""
     google = types.ModuleType("google")
-    google_colab = types.ModuleType("google.colab")
-    google_colab.drive = types.SimpleNamespace(mount=mounted.append)
-    google.colab = google_colab
+    google.colab = types.ModuleType("google.colab")
     monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.colab", google_colab)
-    calls = []
-    commands = colab.setup_colab(mount_drive=True, run=lambda cmd, check: calls.append(cmd))
-    assert calls == commands and len(calls) == 1
-    major, minor = metadata.version("tensorflow").split(".")[:2]
-    packages = calls[0][calls[0].index("install") + 1:]
-    assert f"tf-keras~={major}.{minor}.0" in packages
-    assert "segmentation-models==1.0.1" in packages
-    assert not any(p.startswith("tensorflow") for p in packages)
-    assert mounted == ["/content/drive"]
+    monkeypatch.setitem(sys.modules, "google.colab", google.colab)
+    monkeypatch.setattr(colab, "COLAB_ROOT", tmp_path / "content")
+    monkeypatch.setattr(colab, "DRIVE", tmp_path / "content" / "drive")
+    return tmp_path / "content"
+
+
+def test_configs_are_found_by_name_or_path_from_any_folder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("colab_t4").name == "colab_t4"
+    assert load_config("demo").run_dir == str(REPO / "runs" / "demo")  # relative to the checkout's configs/
+    assert load_config(REPO / "configs" / "demo.yaml").run_dir == str(REPO / "runs" / "demo")
+    with pytest.raises(ConfigError, match="no config named 'colab'; known: colab_t4, demo"):
+        load_config("colab")
+
+
+def test_a_config_shipped_in_the_installed_package_reads_paths_from_the_working_directory(monkeypatch, tmp_path):
+    packaged = tmp_path / "site-packages" / "seglab" / "configs"
+    packaged.mkdir(parents=True)
+    (packaged / "mine.yaml").write_text("name: mine\nrun_dir: ../runs/mine\n")
+    monkeypatch.setattr(config, "PACKAGED_CONFIGS", packaged)
+    monkeypatch.chdir(tmp_path)
+    assert load_config("mine").run_dir == str(tmp_path / "runs" / "mine")  # not inside site-packages
+
+
+def test_elsewhere_the_demo_config_and_its_own_run_folder():
+    cfg, run = open_run(None)
+    assert cfg.name == "demo" and run.root == REPO / "runs" / "demo"
+
+
+def test_on_colab_the_t4_config_and_a_run_folder_on_drive(on_colab):
+    (on_colab / "drive" / "MyDrive").mkdir(parents=True)
+    cfg, run = open_run(None)
+    assert cfg.name == "colab_t4"
+    assert run.root == on_colab / "drive" / "MyDrive" / "seglab" / "runs" / "colab_t4"
+    assert cfg.data.download_dir == str(on_colab / "data" / "downloads")  # archives on the runtime's own disk
+    cfg, run = open_run("demo", ["data.download_dir=/elsewhere"])  # an explicit choice wins
+    assert cfg.name == "demo" and run.root.name == "demo" and cfg.data.download_dir == "/elsewhere"
+    assert open_run("demo", run_dir="/tmp/mine")[1].root.as_posix() == "/tmp/mine"
+
+
+def test_on_colab_without_drive_the_run_folder_names_the_cell_to_run(on_colab):
+    with pytest.raises(RuntimeError, match="Google Drive is not mounted .*run this notebook's first cell"):
+        open_run(None)
+
+
+def test_only_a_run_folder_on_drive_gets_a_local_cache(on_colab):
+    assert colab.local_cache(on_colab / "drive" / "MyDrive" / "seglab" / "runs" / "x").parent == on_colab / "seglab_cache"
+    assert colab.local_cache(on_colab / "runs" / "x") is None
+
+
+def test_the_install_source_and_the_badges_come_from_one_setting(monkeypatch):
+    monkeypatch.setattr(colab, "GITHUB_REPO", "someone/seglab")
+    assert colab.install_source() == "git+https://github.com/someone/seglab@main"
+    assert 'SEGLAB_SOURCE = "git+https://github.com/someone/seglab@main"' in colab.setup_cell()
+    assert colab.badge_url("03_training.ipynb") == \
+        "https://colab.research.google.com/github/someone/seglab/blob/main/notebooks/03_training.ipynb"
+
+
+def test_the_set_up_cell_does_nothing_elsewhere_and_says_so_calmly():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(colab.setup_cell(), {})
+    assert out.getvalue().startswith("Not on Colab: nothing to set up (seglab 0.1.0")
+
+
+def test_the_set_up_cell_is_plain_python_without_shell_lines():
+    source = colab.setup_cell()
+    tree = ast.parse(source)  # no IPython syntax: a failing `!` line could not go on silently
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.startswith("seglab") for name in imported)  # it runs before seglab exists
+    assert not any(line.lstrip().startswith(("!", "%")) for line in source.splitlines())

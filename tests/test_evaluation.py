@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
@@ -33,19 +31,10 @@ def test_tta_averages_the_four_flips_each_flipped_back():
     assert np.abs(tta - plain).max() > 1e-3
 
 
-def _write(folder: Path, name: str, array) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, np.uint8)).save(folder / f"{name}.png")
-    return folder / f"{name}.png"
-
-
-def _originals(tmp_path, truths: dict) -> dict:
-    """``{split: [(stem, image, mask)]}`` for made-up originals, as notebook 01 lists them."""
-    pairs = {}
-    for split, masks in truths.items():
-        pairs[split] = [(f"{split}{i}", _write(tmp_path / "images", f"{split}{i}", np.zeros(m.shape + (3,))),
-                         _write(tmp_path / "masks", f"{split}{i}", m)) for i, m in enumerate(masks)]
-    return pairs
+def _originals(truths: dict) -> dict:
+    """``{split: [(stem, image, mask)]}`` for made-up originals, as notebook 01's shards yield them."""
+    return {split: [(f"{split}{i}", np.zeros(m.shape + (3,), np.uint8), m) for i, m in enumerate(masks)]
+            for split, masks in truths.items()}
 
 
 def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp_path):
@@ -53,8 +42,8 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     cfg = make_config("evaluation.tta=false", "evaluation.min_component_sizes=[0, 5]")
     noisy = np.zeros((8, 8), np.uint8)
     noisy[0, 0] = 1  # an isolated pixel: noise in val's prediction, a true speck in test
-    pairs = _originals(tmp_path, {"val": [np.zeros((8, 8), np.uint8)], "test": [noisy.copy()]})
-    monkeypatch.setattr(evaluation.data_loading, "original_pairs", lambda run, manifest, split: pairs[split])
+    pairs = _originals({"val": [np.zeros((8, 8), np.uint8)], "test": [noisy.copy()]})
+    monkeypatch.setattr(evaluation.data_loading, "original_pairs", lambda run, manifest, split: iter(pairs[split]))
     monkeypatch.setattr(evaluation.inference, "predict_image", lambda *a, **k: np.eye(2)[noisy])
     out = tmp_path / "predictions"
     out.mkdir()
@@ -72,7 +61,7 @@ def test_scores_come_from_original_sizes_streamed_one_image_at_a_time(tmp_path):
     rng = np.random.default_rng(0)
     masks = [rng.integers(0, 3, (37, 53)).astype(np.uint8), rng.integers(0, 3, (20, 11)).astype(np.uint8)]
     masks[1][:5] = 255  # ignored
-    pairs = _originals(tmp_path, {"test": masks})["test"]
+    pairs = _originals({"test": masks})["test"]
     seen = []
 
     def label_maps(image):
@@ -81,7 +70,8 @@ def test_scores_come_from_original_sizes_streamed_one_image_at_a_time(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    scores, per_image = evaluation.score_images(pairs, label_maps, ["a", "b", "c"], keep="zeros", out_dir=out)
+    scores, per_image = evaluation.score_images(iter(pairs), label_maps, ["a", "b", "c"], keep="zeros",
+                                                saver=evaluation.PredictionSaver(out, first=8))
     assert seen == [(37, 53, 3), (20, 11, 3)]
     cm = np.array(scores["perfect"]["confusion_matrix"])
     assert cm.sum() == 37 * 53 + 20 * 11 - 5 * 11 and (cm == np.diag(np.diag(cm))).all()
@@ -95,3 +85,18 @@ def test_image_mean_iou_counts_invented_objects():
     invented[:2, :2] = 1
     assert metrics.image_mean_iou(metrics.confusion_matrix(truth, truth, 2)) == 1.0
     assert metrics.image_mean_iou(metrics.confusion_matrix(truth, invented, 2)) == (0.96 + 0.0) / 2
+
+
+def test_prediction_pngs_are_capped_to_the_first_ones_and_the_best_and_worst(tmp_path):
+    """20 images, 3 first ones kept: 7 PNGs, and the best and worst two are those notebook 05 ranks so."""
+    ious = [0.5, 0.9, 0.1, 0.9, 0.3, 0.7, 0.95, 0.1, 0.6, 0.2, 0.8, 0.4, 0.05, 0.5, 0.95, 0.3, 0.6, 0.7, 0.2, 0.1]
+    saver = evaluation.PredictionSaver(tmp_path, first=3)
+    for i, iou in enumerate(ious):
+        saver.offer(f"im{i:02d}", iou, np.full((2, 3), i, np.uint8))
+    saved = saver.finish()
+    best, worst = evaluation.best_and_worst({f"im{i:02d}": iou for i, iou in enumerate(ious)})
+    assert best == ["im14", "im06"] and worst == ["im12", "im02"]  # ties: the later image ranks higher
+    assert saved == ["im00", "im01", "im02", "im14", "im06", "im12"]
+    assert sorted(p.stem for p in tmp_path.iterdir()) == sorted(saved)
+    assert np.asarray(Image.open(tmp_path / "im14.png"))[0, 0] == 14  # each file holds its own image's labels
+    assert len(saver.best) == len(saver.worst) == 2  # no more label maps held than that

@@ -1,9 +1,20 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from seglab.backend import sm, tf
-from seglab import pipeline
+from seglab import data_loading, pipeline
+
+
+def write_shards(folder, samples, count=1):
+    """``samples`` = [(image, mask)] into ``count`` TFRecord shards, as notebook 01 writes them."""
+    paths = [folder / name for name in data_loading.shard_names("train", count)]
+    writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
+    for i, (image, mask) in enumerate(samples):
+        writers[i * count // len(samples)].write(
+            data_loading._example(f"s{i}", data_loading._png(image), data_loading._png(mask)))
+    for writer in writers:
+        writer.close()
+    return paths
 
 
 @pytest.mark.parametrize("backbone", ["resnet34", "efficientnetb0", "mobilenetv2", "vgg16"])
@@ -19,19 +30,16 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
     """The mask is a function of the image's red channel; it must stay so after augmentation,
     and augmentation must really turn, flip and jitter (a no-op would pass the first check)."""
     rng = np.random.default_rng(0)
-    images, masks, originals = [], [], set()
+    samples, originals = [], set()
     for i in range(6):
         mask = rng.integers(0, 3, (16, 16)).astype(np.uint8)
         mask[0, 0], mask[-1, -1] = 0, 2  # no sample is symmetric, so every turn or flip shows
         image = np.stack([mask * 100, np.zeros_like(mask), np.zeros_like(mask)], -1).astype(np.uint8)
-        Image.fromarray(image).save(tmp_path / f"i{i}.png")
-        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
-        images.append(str(tmp_path / f"i{i}.png"))
-        masks.append(str(tmp_path / f"m{i}.png"))
+        samples.append((image, mask))
         originals.add(mask.tobytes())
     norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
     tf.random.set_seed(1)
-    ds = pipeline.make_dataset(images, masks, 3, norm, 3, training=True, augment=True, repeat=True)
+    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 2), 3, norm, 3, training=True, augment=True, repeat=True)
     seen, moved, jittered = 0, 0, 0
     for x, y in ds.take(8):
         labels = np.argmax(y.numpy(), -1)
@@ -49,25 +57,27 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
 
 def test_ignored_pixels_become_empty_one_hot_rows_and_come_back(tmp_path):
     mask = np.array([[0, 1], [255, 2]], np.uint8)
-    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "i.png")
-    Image.fromarray(mask).save(tmp_path / "m.png")
     norm = pipeline.encoder_normalization("mobilenetv2")
-    _, y = next(iter(pipeline.make_dataset([str(tmp_path / "i.png")], [str(tmp_path / "m.png")], 3, norm, 1)))
+    _, y = next(iter(pipeline.make_dataset(write_shards(tmp_path, [(np.zeros((2, 2, 3), np.uint8), mask)]), 3, norm, 1)))
     assert y.numpy()[0, 1, 0].sum() == 0
     np.testing.assert_array_equal(pipeline.labels(y[0]), mask)
 
 
 def test_streaming_dataset_shapes_and_one_hot(tmp_path):
-    paths = []
-    for i in range(5):
-        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"i{i}.png")
-        Image.fromarray(np.full((8, 8), i % 2, np.uint8)).save(tmp_path / f"m{i}.png")
-        paths.append((str(tmp_path / f"i{i}.png"), str(tmp_path / f"m{i}.png")))
-    images, masks = zip(*paths)
+    shards = write_shards(tmp_path, [(np.full((8, 8, 3), i, np.uint8), np.full((8, 8), i % 2, np.uint8)) for i in range(5)], 2)
     norm = pipeline.encoder_normalization("mobilenetv2")
-    batches = list(pipeline.make_dataset(images, masks, 2, norm, 2))
+    batches = list(pipeline.make_dataset(shards, 2, norm, 2))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # evaluation keeps every sample
     assert np.allclose(batches[0][1].numpy().sum(-1), 1)
     assert np.isclose(batches[0][0].numpy()[0, 0, 0, 0], -1.0)  # pixel 0 -> -1 for mobilenet
-    train = list(pipeline.make_dataset(images, masks, 2, norm, 2, training=True))
+    train = list(pipeline.make_dataset(shards, 2, norm, 2, training=True))
     assert [b[0].shape[0] for b in train] == [2, 2]  # whole batches for training (replicas split them)
+
+
+def test_training_order_is_shuffled_across_shards_and_epochs(tmp_path):
+    samples = [(np.full((4, 4, 3), i, np.uint8), np.zeros((4, 4), np.uint8)) for i in range(40)]
+    norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
+    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 4), 1, norm, 40, training=True, seed=3)
+    first, second = ([int(v) for v in x.numpy()[:, 0, 0, 0]] for x, _ in (next(iter(ds)), next(iter(ds))))
+    assert sorted(first) == sorted(second) == list(range(40))  # every sample once per epoch
+    assert first != list(range(40)) and first != second

@@ -70,8 +70,9 @@ def test_demo_source_end_to_end_writes_the_manifest(make_config):
     assert run.require("data")["outputs"] == {"dataset": "dataset/dataset.json"}
     assert data_loading.load_manifest(run)["items"] == manifest["items"]
     assert set(manifest["splits"]) == {"train", "val", "test"}
-    images, masks = data_loading.split_paths(run, manifest, "train")
-    assert len(images) == manifest["splits"]["train"]["items"] and all(p.endswith(".png") for p in masks)
+    samples = list(data_loading.read_samples(data_loading.split_shards(run, manifest, "train")))
+    assert [i for i, _, _ in samples] == data_loading.split_ids(manifest, "train")
+    assert all(image.shape == (64, 64, 3) and mask.shape == (64, 64) for _, image, mask in samples)
 
 
 def test_too_few_images_to_split(tmp_path, make_config):
@@ -116,10 +117,9 @@ def test_grey_odd_and_mixed_size_images_with_colour_masks(tmp_path, make_config,
                   len(data_loading.tile_starts(max(w, 32), 32, cfg.data.tile_overlap)) for h, w in sizes]
     assert len(manifest["items"]) == (6 if mode == "resize" else 2 * sum(per_source))
     assert {tuple(s) for s in manifest["source"]["sizes"].values()} == set(sizes)
-    images, masks = data_loading.split_paths(run, manifest, "train")
-    for image_path, mask_path in zip(images, masks):
-        assert np.asarray(Image.open(image_path)).shape == (32, 32, 3)
-        assert set(np.unique(np.asarray(Image.open(mask_path)))) <= {0, 1, 2}
+    for _, image, mask in data_loading.read_samples(data_loading.split_shards(run, manifest, "train")):
+        assert image.shape == (32, 32, 3)
+        assert set(np.unique(mask)) <= {0, 1, 2}
     pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
     assert pixels.sum() == len(manifest["items"]) * 32 * 32 and (pixels > 0).all()
 
@@ -147,8 +147,7 @@ def test_ignored_pixels_are_kept_as_255_and_left_out_of_the_counts(tmp_path, mak
     ignored = 0 if ignore is None else 64  # one column of the 40 x 64 image, mirrored to 64 rows
     pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
     assert pixels.sum() == 5 * (64 * 64 - ignored)
-    _, masks = data_loading.split_paths(run, manifest, "train")
-    mask = np.asarray(Image.open(masks[0]))
+    _, _, mask = next(data_loading.read_samples(data_loading.split_shards(run, manifest, "train")))
     assert (mask[:, 32] == 255).all() == (ignore is not None)
 
 
@@ -194,21 +193,24 @@ def test_val_and_test_images_are_kept_at_their_original_size(tmp_path, make_conf
     classes = sources.read_classes(root / "classes.json")
     kept = set()
     for split in ("val", "test"):
-        pairs = data_loading.original_pairs(run, manifest, split)
+        pairs = list(data_loading.original_pairs(run, manifest, split))
         stems = [stem for stem, _, _ in pairs]
         assert stems == sorted(stems) == manifest["splits"][split]["source_ids"] and stems
         assert stems == sorted({i["source"] for i in manifest["items"] if i["split"] == split})
-        for stem, image_path, mask_path in pairs:
+        for stem, kept_image, kept_mask in pairs:
             image, mask = sources.read_pair(root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png", classes)
-            np.testing.assert_array_equal(np.asarray(Image.open(image_path)), image)  # e.g. 37 x 53, grey as RGB
-            np.testing.assert_array_equal(np.asarray(Image.open(mask_path)), mask)
+            np.testing.assert_array_equal(kept_image, image)  # e.g. 37 x 53, grey as RGB
+            np.testing.assert_array_equal(kept_mask, mask)
             assert (mask == 255).any()
             kept.add(stem)
-    assert kept == {p.stem for p in run.path("dataset", "originals", "images").iterdir()}  # no training image
+        assert [s for s, _, _ in data_loading.original_pairs(run, manifest, split, stems=stems[-1:])] == stems[-1:]
+    originals = data_loading.split_shards(run, manifest, "val", originals=True) + \
+        data_loading.split_shards(run, manifest, "test", originals=True)
+    assert kept == {s for s, _, _ in data_loading.read_samples(originals, images=False)}  # no training image
     assert (37, 53) in {tuple(manifest["source"]["sizes"][stem]) for stem in kept}  # odd, non-square, kept as is
     assert {s for s in manifest["source"]["sizes"] if s not in kept} == set(manifest["splits"]["train"]["source_ids"])
     with pytest.raises(ValueError, match="originals are kept for the val and test splits, not 'train'"):
-        data_loading.original_pairs(run, manifest, "train")
+        list(data_loading.original_pairs(run, manifest, "train"))
 
 
 def test_pairs_stream_through_a_bounded_window_in_input_order():
@@ -242,6 +244,10 @@ def test_a_failing_pair_stops_the_stream_and_cancels_what_is_queued():
     assert started in ([0, 1, 2, 3], [0, 1, 2, 3, 4])  # 5 and 6 were queued, then cancelled
 
 
+def run_manifest(run):
+    return data_loading.load_manifest(run)
+
+
 def test_unchanged_inputs_reuse_the_dataset_and_any_change_redoes_it(tmp_path, make_config, capsys):
     root = write_folder_dataset(tmp_path / "d", n=5)
     cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
@@ -263,7 +269,9 @@ def test_unchanged_inputs_reuse_the_dataset_and_any_change_redoes_it(tmp_path, m
     os.utime(mask, ns=(later, later))
     data_loading.prepare_dataset(cfg, run)
     assert run.require("data")["id"] != step
-    assert not np.asarray(Image.open(run.path("dataset", "masks", "img0.png"))).any()
+    masks = {i: m for i, _, m in data_loading.read_samples(
+        [run.path("dataset", name) for names in run_manifest(run)["shards"].values() for name in names], images=False)}
+    assert not masks["img0"].any()
 
     step = run.require("data")["id"]
     (root / "classes.json").write_text(json.dumps({"classes": ["background", "a", "c"]}))
@@ -274,3 +282,41 @@ def test_unchanged_inputs_reuse_the_dataset_and_any_change_redoes_it(tmp_path, m
     larger = make_config("data.source=folder", f"data.root={root}", "data.image_size=64")
     assert data_loading.prepare_dataset(larger, run)["image_size"] == 64
     assert run.require("data")["id"] != step
+
+
+def test_the_dataset_is_a_few_shard_files_whatever_its_size(tmp_path, make_config, monkeypatch):
+    """Drive is slow with many small files: 40 images make one shard per split and kind, and with a tiny
+    shard size the count grows to the cap, never to a file per image; every sample is in exactly one shard."""
+    root = write_folder_dataset(tmp_path / "d", n=40, size=(40, 48))
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    names = sorted(p.name for p in run.path("dataset").iterdir())
+    assert names == ["dataset.json", "test-00000-of-00001.tfrecord", "test-originals-00000-of-00001.tfrecord",
+                     "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord",
+                     "val-originals-00000-of-00001.tfrecord"]
+    monkeypatch.setattr(data_loading, "SHARD_BYTES", 1)
+    monkeypatch.setattr(data_loading, "MAX_SHARDS", 3)
+    manifest = data_loading.prepare_dataset(make_config("data.source=folder", f"data.root={root}",
+                                                        "data.image_size=32", "seed=1"), run)
+    assert manifest["shards"]["train"] == data_loading.shard_names("train", 3)
+    assert len(list(run.path("dataset").iterdir())) == 1 + 3 * 5
+    for split in data_loading.SPLITS:
+        ids = [i for i, _, _ in data_loading.read_samples(data_loading.split_shards(run, manifest, split), images=False)]
+        assert ids == data_loading.split_ids(manifest, split)  # consecutive sources per shard: the sorted order
+
+
+def test_a_run_folder_on_drive_is_read_from_a_local_copy(tmp_path, make_config, monkeypatch):
+    from seglab import colab
+
+    monkeypatch.setattr(colab, "COLAB_ROOT", tmp_path / "content")
+    monkeypatch.setattr(colab, "DRIVE", tmp_path / "content" / "drive")
+    cfg = make_config(f"run_dir={tmp_path / 'content' / 'drive' / 'MyDrive' / 'seglab' / 'runs' / 'x'}")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    shards = data_loading.split_shards(run, manifest, "train")
+    copies = data_loading.local_shards(run, shards, log=lambda line: None)
+    assert all(c.parent.parent == tmp_path / "content" / "seglab_cache" for c in copies)
+    assert [c.read_bytes() for c in copies] == [s.read_bytes() for s in shards]
+    local = make_config(f"run_dir={tmp_path / 'elsewhere'}")
+    assert data_loading.local_shards(RunDir(local.run_dir), shards) == shards

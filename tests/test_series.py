@@ -45,7 +45,10 @@ def test_step_00_and_01_hand_over_their_artifacts(series_run):
     env = json.loads((run_dir / "env.json").read_text())
     assert env["accelerator"] in ("CPU", "GPU", "TPU") and env["tensorflow"]
     dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
-    assert len(dataset["items"]) == 16 and len(list((run_dir / "dataset" / "masks").glob("*.png"))) == 16
+    assert len(dataset["items"]) == 16
+    shards = [run_dir / "dataset" / name for names in dataset["shards"].values() for name in names]
+    assert sorted(p.name for p in shards) == sorted(p.name for p in (run_dir / "dataset").glob("*.tfrecord"))
+    assert len(shards) == 5  # one file per split and kind here, not one per image
     assert manifest["steps"]["data"]["config"]["data"]["image_size"] == 96  # the override reached the notebook
     for figure in ("01_class_pixel_share", "01_training_samples", "01_augmented_batch"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
@@ -120,15 +123,20 @@ def test_metrics_json_matches_a_direct_check(series_run):
     reported = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]["mean_iou"]
     model = keras.models.load_model(str(run_dir / "models" / "unet.keras"), compile=False)
     preprocess = sm.get_preprocessing("resnet18")
-    originals = run_dir / "dataset" / "originals"
-    cm = 0
-    for path in sorted((originals / "images").glob("*.png")):
-        truth = np.asarray(Image.open(originals / "masks" / path.name))
-        if path.stem not in json.loads((run_dir / "dataset" / "dataset.json").read_text())["splits"]["test"]["source_ids"]:
-            continue
-        image = preprocess(np.asarray(Image.open(path).convert("RGB"), np.float32)[None])
+    import io
+
+    from seglab.backend import tf
+
+    cm, seen = 0, 0
+    for record in tf.data.TFRecordDataset(sorted(map(str, (run_dir / "dataset").glob("test-originals-*.tfrecord")))):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        truth = np.asarray(Image.open(io.BytesIO(feature["mask"].bytes_list.value[0])))
+        pixels = Image.open(io.BytesIO(feature["image"].bytes_list.value[0])).convert("RGB")
+        image = preprocess(np.asarray(pixels, np.float32)[None])
+        seen += 1
         prediction = model.predict(image, verbose=0)[0].argmax(-1)  # demo images are one window at scale 1
         cm = cm + confusion_matrix(truth.ravel(), prediction.ravel(), labels=range(4))
+    assert seen == len(json.loads((run_dir / "dataset" / "dataset.json").read_text())["splits"]["test"]["source_ids"])
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     assert abs(np.nanmean(iou[cm.sum(1) > 0]) - reported) < 0.005
 
@@ -140,9 +148,9 @@ def test_step_06_segments_held_out_images_and_a_large_demo_scene(series_run):
     out = run_dir / "inference" / "output"
     names = {p.name for p in out.iterdir()}
     assert {"class_areas.csv", "large_scene_mask.png", "large_scene_color.png", "large_scene_overlay.png"} <= names
-    test_ids = json.loads((run_dir / "dataset" / "dataset.json").read_text())["splits"]["test"]["source_ids"]
-    shown = {f"{stem}_mask.png" for stem in test_ids[:3]}  # the largest held-out images; all demo images are equal
-    assert {n for n in names if n.endswith("_mask.png")} == shown | {"large_scene_mask.png"}
+    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    largest = sorted(dataset["splits"]["test"]["source_ids"], key=lambda s: -np.prod(dataset["source"]["sizes"][s]))[:3]
+    assert {n for n in names if n.endswith("_mask.png")} == {f"{s}_mask.png" for s in largest} | {"large_scene_mask.png"}
     from PIL import Image
 
     assert Image.open(out / "large_scene_mask.png").size == (96 * 8, 96 * 8)

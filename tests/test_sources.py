@@ -46,7 +46,10 @@ def test_images_of_different_sizes_in_one_folder(tmp_path, make_config):
     manifest = data_loading.prepare_dataset(cfg, data_loading.RunDir(cfg.run_dir))
     assert len(manifest["items"]) == 6
     assert {tuple(s) for s in manifest["source"]["sizes"].values()} == {(40, 48), (70, 90)}
-    assert all(Image.open(p).size == (32, 32) for p in (tmp_path / "run" / "dataset" / "images").iterdir())
+    run = data_loading.RunDir(cfg.run_dir)
+    samples = [s for split in data_loading.SPLITS
+               for s in data_loading.read_samples(data_loading.split_shards(run, manifest, split))]
+    assert len(samples) == 6 and all(image.shape == (32, 32, 3) for _, image, _ in samples)
 
 
 def _bad(root, problem):
