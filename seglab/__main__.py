@@ -77,7 +77,7 @@ def _export(args) -> int:
     from seglab import export
 
     try:
-        path = export.export_model(args.model, args.format, args.output, args.quantize)
+        path = export.Exporter(args.model).write(args.format, args.output, args.quantize)
     except (FileNotFoundError, ValueError, export.Unavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

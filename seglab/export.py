@@ -16,6 +16,7 @@ beside the export names the classes, colours and this contract; the model does n
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,44 +56,53 @@ def file_name(arch: str, fmt: str, quantize: str | None = None) -> str:
     return {"savedmodel": f"{arch}_savedmodel", "tflite": f"{arch}{suffix}.tflite", "onnx": f"{arch}.onnx"}[fmt]
 
 
-def export_model(model_path: str | Path, fmt: str, output_dir: str | Path | None = None,
-                 quantize: str | None = None) -> Path:
-    """Write ``model_path`` (``RUN/models/ARCH.keras``) in ``fmt`` to ``output_dir`` (default ``RUN/export``).
+class Exporter:
+    """One trained model (``RUN/models/ARCH.keras`` and its ``.json``), loaded and traced once, written in any format."""
 
-    Returns the exported file (a folder for SavedModel); ``ARCH.json`` (classes, colours,
-    input and outputs) is written beside it.
-    """
-    from seglab.training import load_model
+    def __init__(self, model_path: str | Path):
+        from seglab.training import load_model
 
-    model_path = Path(model_path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if quantize and (fmt != "tflite" or quantize not in QUANTIZATIONS):
-        raise ValueError(f"--quantize {quantize}: only tflite exports are quantized, to {' or '.join(QUANTIZATIONS)}")
-    if fmt == "onnx":
-        tf2onnx = _import_tf2onnx()
-    info = model_info(model_path)
-    output_dir = Path(output_dir) if output_dir else model_path.parent.parent / "export"
-    module = serving_module(load_model(model_path), info["normalization"])
-    target = output_dir / file_name(model_path.stem, fmt, quantize)
-    if fmt == "savedmodel":
-        with atomic_dir(target) as tmp:
-            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-    elif fmt == "tflite":
-        atomic_file(target, lambda tmp: tmp.write_bytes(_tflite(module, quantize)))
-    else:
-        atomic_file(target, lambda tmp: tf2onnx.convert.from_function(
-            module.serve, input_signature=module.serve.input_signature, opset=ONNX_OPSET, output_path=str(tmp)))
-    size = info["input_size"]
-    write_json(output_dir / f"{model_path.stem}.json", {
-        "architecture": info["architecture"], "backbone": info["backbone"], "classes": info["classes"],
-        "colors": info["colors"], "pixel_scale": info.get("pixel_scale", [1.0, 1.0]),
-        "input": {"name": "images", "dtype": "uint8", "shape": [None, size, size, 3], "channels": "RGB",
-                  "normalization": "inside the model"},
-        "outputs": {"probabilities": {"dtype": "float32", "shape": [None, size, size, len(info["classes"])]},
-                    "classes": {"dtype": "uint8", "shape": [None, size, size]}},
-    })
-    return target
+        self.model_path = Path(model_path)
+        self.info = model_info(self.model_path)
+        self.model = load_model(self.model_path)
+        self.module = serving_module(self.model, self.info["normalization"])
+
+    def write(self, fmt: str, output_dir: str | Path | None = None, quantize: str | None = None) -> Path:
+        """The export in ``output_dir`` (default ``RUN/export``), a folder for SavedModel, with ``ARCH.json`` beside it."""
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if quantize and (fmt != "tflite" or quantize not in QUANTIZATIONS):
+            raise ValueError(f"--quantize {quantize}: only tflite exports are quantized, to {' or '.join(QUANTIZATIONS)}")
+        output_dir = Path(output_dir) if output_dir else self.model_path.parent.parent / "export"
+        target = output_dir / file_name(self.model_path.stem, fmt, quantize)
+        serve = self.module.serve
+        with _quiet():
+            if fmt == "savedmodel":
+                with atomic_dir(target) as tmp:
+                    tf.saved_model.save(self.module, str(tmp), signatures={"serving_default": serve})
+            elif fmt == "tflite":
+                atomic_file(target, lambda tmp: tmp.write_bytes(_tflite(self.module, quantize)))
+            else:
+                convert = _import_tf2onnx().convert
+                atomic_file(target, lambda tmp: convert.from_function(serve, input_signature=serve.input_signature,
+                                                                      opset=ONNX_OPSET, output_path=str(tmp)))
+        self._write_sidecar(output_dir)
+        return target
+
+    def reference(self, images: np.ndarray) -> np.ndarray:
+        """The Keras model's probabilities for uint8 images, normalised by seglab as in training."""
+        return self.model.predict(pipeline.normalize(images, self.info["normalization"]), verbose=0)
+
+    def _write_sidecar(self, output_dir: Path) -> None:
+        info, size = self.info, self.info["input_size"]
+        write_json(output_dir / f"{self.model_path.stem}.json", {
+            "architecture": info["architecture"], "backbone": info["backbone"], "classes": info["classes"],
+            "colors": info["colors"], "pixel_scale": info.get("pixel_scale", [1.0, 1.0]),
+            "input": {"name": "images", "dtype": "uint8", "shape": [None, size, size, 3], "channels": "RGB",
+                      "normalization": "inside the model"},
+            "outputs": {"probabilities": {"dtype": "float32", "shape": [None, size, size, len(info["classes"])]},
+                        "classes": {"dtype": "uint8", "shape": [None, size, size]}},
+        })
 
 
 def load_exported(path: str | Path):
@@ -112,14 +122,6 @@ def load_exported(path: str | Path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = ["probabilities", "classes"]
     return lambda images: dict(zip(names, session.run(names, {"images": images})))
-
-
-def reference(model_path: str | Path, images: np.ndarray) -> np.ndarray:
-    """The Keras model's probabilities for uint8 images, normalised by seglab as in training."""
-    from seglab.training import load_model
-
-    normalized = pipeline.normalize(images, model_info(model_path)["normalization"])
-    return load_model(model_path).predict(normalized, verbose=0)
 
 
 def agreement(expected: np.ndarray, exported: dict) -> dict:
@@ -148,6 +150,18 @@ def _tflite(module, quantize: str | None) -> bytes:
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
+
+
+@contextmanager
+def _quiet():
+    """TensorFlow logs each SavedModel it writes, the converters' temporary ones too, at INFO; only warnings here."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _import_tf2onnx():

@@ -66,14 +66,16 @@ def exported(tmp_path_factory):
         "architecture": "unet", "backbone": "resnet18", "classes": ["background", "a", "b", "c"],
         "colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], "normalization": normalization,
         "input_size": SIZE, "pixel_scale": [1.0, 1.0]}))
-    paths = {(fmt, q): export.export_model(model_path, fmt, quantize=q) for fmt, q in EXPORTS}
+    exporter = export.Exporter(model_path)
+    paths = {(fmt, q): exporter.write(fmt, quantize=q) for fmt, q in EXPORTS}
     images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)  # a batch of 3
     np.save(root / "images.npy", images)
     result = subprocess.run([sys.executable, "-c", WITHOUT_SEGLAB, str(root / "images.npy"), str(root / "out.npz"),
                              *map(str, paths.values())], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = np.load(root / "out.npz")
-    return {"paths": paths, "reference": export.reference(model_path, images), "stdout": result.stdout,
+    reference = training.load_model(model_path).predict(pipeline.normalize(images, normalization), verbose=0)
+    return {"paths": paths, "reference": reference, "stdout": result.stdout,
             "outputs": {key: {"probabilities": outputs[f"{p.name}/probabilities"], "classes": outputs[f"{p.name}/classes"]}
                         for key, p in paths.items()}, "model_path": model_path}
 
