@@ -11,9 +11,10 @@ from seglab.__main__ import main
 from seglab.backend import keras
 
 SIZE, CLASSES = 64, 4
-# float32 everywhere; TFLite and ONNX fold batch norm into the convolutions and reorder sums,
-# so probabilities differ by rounding accumulated over ~40 layers: well below this.
-TOLERANCE = 2e-3
+# Float32 everywhere, but TFLite and ONNX fold batch norm into the convolutions and sum in another order:
+# rounding over ~40 layers. The mean difference is about 2e-6 here (3e-8 on the trained demo U-Net); where
+# two classes nearly tie it moves both probabilities (up to 8e-3 on that U-Net, whose logits reach 1e5).
+MEAN_TOLERANCE, MAX_TOLERANCE = 1e-5, 1e-2
 EXPORTS = [("savedmodel", None), ("tflite", None), ("onnx", None), ("tflite", "float16"), ("tflite", "int8")]
 
 # Loads each export alone in a fresh folder, with TensorFlow Lite, TensorFlow or onnxruntime: no seglab, no sidecar.
@@ -88,7 +89,8 @@ def test_the_export_agrees_with_the_keras_model_without_seglab(exported, fmt):
     np.testing.assert_array_equal(out["classes"], out["probabilities"].argmax(-1))
     check = export.agreement(exported["reference"], out)
     assert check["pixel_agreement"] >= 0.999
-    assert check["max_probability_difference"] < TOLERANCE
+    assert check["mean_probability_difference"] < MEAN_TOLERANCE
+    assert check["max_probability_difference"] < MAX_TOLERANCE
 
 
 def test_the_input_is_uint8_with_a_free_batch_and_fixed_height_and_width(exported):

@@ -157,8 +157,9 @@ def test_step_07_exports_that_agree_with_the_trained_model(series_run):
     names = {p.name for p in (run_dir / "export").iterdir()}
     assert names == {"unet_savedmodel", "unet.tflite", "unet.onnx", "unet.json"}
     assert set(step["parity"]) == {"savedmodel", "tflite", "onnx"}
-    for fmt in step["parity"]:  # the same classes, probabilities equal up to rounding
-        assert step["parity"][fmt]["pixel_agreement"] >= 0.999 and step["parity"][fmt]["max_probability_difference"] < 2e-3
+    for check in step["parity"].values():  # the same classes, probabilities equal up to rounding (see test_export)
+        assert check["pixel_agreement"] >= 0.999 and check["mean_probability_difference"] < 1e-5
+        assert check["max_probability_difference"] < 1e-2
     assert json.loads((run_dir / "export" / "unet.json").read_text())["classes"] == ["background", "disc", "bar", "speck"]
 
 
