@@ -1,4 +1,6 @@
 """UNet++ and DeepLabV3+ through the one builder, on segmentation_models' encoders."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,8 @@ def test_builds_trains_one_step_and_reloads_with_equal_predictions(arch, backbon
 
     predicted = model.predict(x, verbose=0)
     np.testing.assert_allclose(predicted.sum(-1), 1, rtol=1e-5)
-    model.save(str(tmp_path / f"{arch}.keras"))
+    settings = SimpleNamespace(model=SimpleNamespace(backbone=backbone, pspnet_downsample_factor=8))
+    training.export_float32(model, arch, settings, classes, size).save(str(tmp_path / f"{arch}.keras"))  # as finish() does
     reloaded = training.load_model(tmp_path / f"{arch}.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), predicted, atol=1e-6)
 
