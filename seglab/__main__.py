@@ -1,4 +1,5 @@
-"""Command line: ``run`` executes the notebook series headless; ``predict`` segments new images."""
+"""Command line: ``run`` executes the notebook series headless; ``predict`` segments new images;
+``export`` writes a trained model as SavedModel, TFLite or ONNX."""
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,16 @@ def main(argv=None) -> int:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--tta", action="store_true", help="average over flips (four times slower)")
     predict.add_argument("--no-overlays", action="store_true")
+    export = commands.add_parser("export", help="a trained model as SavedModel, TFLite or ONNX, runnable without seglab")
+    export.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its NAME.json lies beside it)")
+    export.add_argument("--format", required=True, help="savedmodel, tflite or onnx")
+    export.add_argument("--output", help="folder for the export and its NAME.json (default: RUN_DIR/export)")
+    export.add_argument("--quantize", help="tflite only: float16 or int8 weights (activations stay float)")
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "export":
+        return _export(args)
 
     from seglab.runner import NotebookFailed, run_series
 
@@ -68,6 +76,18 @@ def _predict(args) -> int:
     print(f"{len(result['predicted'])} image(s) segmented into {args.output}"
           + (f"; {len(result['failed'])} unreadable: {', '.join(result['failed'])}" if result["failed"] else ""))
     return 1 if result["failed"] else 0
+
+
+def _export(args) -> int:
+    from seglab import export
+
+    try:
+        path = export.Exporter(args.model).write(args.format, args.output, args.quantize)
+    except (FileNotFoundError, ValueError, export.Unavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path} ({export.size_mb(path):.1f} MB): uint8 RGB images in, float32 probabilities and uint8 classes out")
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ STEPS = {
     "evaluation": "04_evaluation.ipynb",
     "visualization": "05_visualization.ipynb",
     "inference": "06_inference_on_new_images.ipynb",
+    "export": "07_export.ipynb",
 }
 
 _PACKAGES = ("tensorflow", "tf-keras", "segmentation-models", "numpy", "scikit-learn", "opencv-python-headless")

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
-ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet")
+ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet", "unetplusplus", "deeplabv3plus")
 WEIGHT_SCHEMES = ("balanced", "median_frequency", "inverse_sqrt", "none")
 BACKBONES = (  # sorted(sm.Backbones.models_names()) of segmentation_models 1.0.1, kept equal by a test
     "densenet121", "densenet169", "densenet201", "efficientnetb0", "efficientnetb1", "efficientnetb2",
@@ -46,6 +46,8 @@ def input_multiple(arch: str, downsample_factor: int = 8) -> int:
         if downsample_factor not in PSPNET_MULTIPLE:
             raise ConfigError(f"model.pspnet_downsample_factor={downsample_factor} must be 4, 8 or 16")
         return PSPNET_MULTIPLE[downsample_factor]
+    if arch == "deeplabv3plus":
+        return 16  # the encoder is cut at stride 16 (seglab.architectures)
     return 32  # five stride-2 stages in every encoder
 
 

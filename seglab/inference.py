@@ -40,17 +40,22 @@ class Predictor:
         """The model and, from the JSON written beside it in training, its classes, colours and normalisation."""
         from seglab.training import load_model
 
-        model_path = Path(model_path)
-        info_path = model_path.with_suffix(".json")
-        if not model_path.is_file():
-            raise FileNotFoundError(f"{model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
-        if not info_path.is_file():
-            raise FileNotFoundError(f"{info_path}: missing; it is written beside the model by notebook 03")
-        info = json.loads(info_path.read_text())
+        info = model_info(model_path)
         if tile and tile != info["input_size"]:
-            raise ValueError(f"{model_path.name} takes {info['input_size']} px windows; --tile {tile} does not fit it")
+            raise ValueError(f"{Path(model_path).name} takes {info['input_size']} px windows; --tile {tile} does not fit it")
         return cls(load_model(model_path), info["classes"], info["colors"], info["normalization"], info["input_size"],
                    tuple(info.get("pixel_scale", (1.0, 1.0))))
+
+
+def model_info(model_path: str | Path) -> dict:
+    """The ``.json`` that notebook 03 writes beside a model, after checking that both files are there."""
+    model_path = Path(model_path)
+    info_path = model_path.with_suffix(".json")
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path}: missing; it is written beside the model by notebook 03")
+    return json.loads(info_path.read_text())
 
 
 def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:

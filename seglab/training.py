@@ -1,4 +1,4 @@
-"""Step 03: build and train U-Net, FPN, PSPNet (and LinkNet) with one function each.
+"""Step 03: build and train U-Net, FPN, PSPNet, UNet++ and DeepLabV3+ (and LinkNet) with one function each.
 
 Training runs inside a ``tf.distribute`` strategy, with mixed precision on GPUs, and keeps
 its state in the run folder so that a notebook cut off mid-training (a Colab disconnect)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab import data_loading, pipeline
+from seglab import architectures, data_loading, pipeline
 from seglab.artifacts import RunDir, atomic_file, read_json, write_json
 from seglab.backend import keras, sm, tf
 from seglab.config import check_input_size
@@ -27,9 +27,10 @@ MONITOR = "val_mean_iou"
 
 def build_model(arch: str, backbone: str, num_classes: int, input_size: int, encoder_weights=None,
                 downsample_factor: int = 8, log=print):
-    """Any segmentation_models architecture with any backbone, ending in a float32 softmax.
+    """Any architecture of ``config.ARCHITECTURES`` with any backbone, ending in a float32 softmax.
 
-    The softmax is a separate float32 layer so that under mixed precision the probabilities
+    U-Net, FPN, PSPNet and LinkNet come from segmentation_models, UNet++ and DeepLabV3+
+    from :mod:`seglab.architectures`, on the same encoders. The softmax is a separate float32 layer so that under mixed precision the probabilities
     (and the loss) stay in float32. If the ImageNet encoder weights cannot be downloaded,
     one line says so and the model starts from random initialisation.
     """
@@ -37,6 +38,8 @@ def build_model(arch: str, backbone: str, num_classes: int, input_size: int, enc
     kwargs = {"downsample_factor": downsample_factor} if arch == "pspnet" else {}
 
     def make(weights):
+        if arch in architectures.BUILDERS:
+            return architectures.BUILDERS[arch](backbone, (input_size, input_size, 3), num_classes, weights)
         return SM_MODELS[arch](backbone, input_shape=(input_size, input_size, 3), classes=num_classes,
                                activation=None, encoder_weights=weights, **kwargs)
 

@@ -75,9 +75,12 @@ WRONG = {
     "negative batch size": (["train.batch_size=-3"], "train.batch_size=-3 must be a positive integer"),
     "unknown backbone": (["model.backbone=resnet999"],
                          "model.backbone='resnet999' must be a segmentation_models backbone such as resnet50, "),
-    "size unfit for pspnet": (["data.image_size=100"], "unet, fpn and pspnet need an input size that is a multiple "
-                              "of 96 (32 for unet and fpn, 48 for pspnet at downsample factor 8); "
-                              "data.image_size=100: use 96 or 192"),
+    "size unfit for pspnet": (["data.image_size=100"], "unet, fpn, pspnet, linknet, unetplusplus and deeplabv3plus need "
+                              "an input size that is a multiple of 96 (16 for deeplabv3plus, 32 for unet, fpn, linknet and "
+                              "unetplusplus, 48 for pspnet at downsample factor 8); data.image_size=100: use 96 or 192"),
+    "size unfit for unetplusplus": (["model.architectures=[unetplusplus, deeplabv3plus]", "data.image_size=80"],
+                                    "unetplusplus and deeplabv3plus need an input size that is a multiple of 32 (16 for "
+                                    "deeplabv3plus, 32 for unetplusplus); data.image_size=80: use 64 or 96"),
     "no such root": (["data.source=folder", "data.root=/no/such/folder"],
                      "data.root=/no/such/folder: the folder does not exist; it must be a folder holding images/, "
                      "masks/ and classes.json"),
@@ -157,6 +160,11 @@ def test_good_settings_load_in_their_declared_types(override, attribute, value):
     section, name = attribute.split(".")
     loaded = getattr(getattr(load_config(DEMO, [override]), section), name)
     assert loaded == value and type(loaded) is type(value)
+
+
+def test_deeplab_alone_takes_a_multiple_of_16():
+    """Its encoder stops at stride 16; a size the others reject (80) loads for it alone."""
+    assert load_config(DEMO, ["model.architectures=[deeplabv3plus]", "data.image_size=80"]).data.image_size == 80
 
 
 def test_a_good_folder_root_and_inference_input_load(tmp_path, monkeypatch):

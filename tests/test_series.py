@@ -9,8 +9,11 @@ import pytest
 
 from conftest import REPO
 
+# U-Net first (notebooks 06 and 07 use the first), PSPNet for its own size rule, and the two decoders of
+# seglab.architectures; FPN and LinkNet are sm's own, built in test_training, and would add a minute here.
+ARCHITECTURES = ["unet", "pspnet", "unetplusplus", "deeplabv3plus"]
 TINY = [f"--set={o}" for o in ("data.demo.num_images=16", "data.demo.image_size=96", "data.image_size=96",
-                                "train.epochs=2", "train.batch_size=4")]
+                                "train.epochs=2", "train.batch_size=4", f"model.architectures=[{', '.join(ARCHITECTURES)}]")]
 
 
 def _run(*args, cwd=REPO):
@@ -76,7 +79,7 @@ def test_step_02_and_03_hand_over_weights_and_models(series_run):
     training = manifest["steps"]["training"]
     assert set(training["inputs"]) == {"data", "class_weights"}
     summary = json.loads((run_dir / "training.json").read_text())
-    assert set(summary) == {"unet", "fpn", "pspnet"}
+    assert set(summary) == set(ARCHITECTURES)
     for arch, s in summary.items():
         assert (run_dir / s["model"]).stat().st_size > 100_000
         assert s["epochs"] == 2 and 0 <= s["best_val_mean_iou"] <= 1
@@ -93,7 +96,7 @@ def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
     dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
     test_ids = dataset["splits"]["test"]["source_ids"]
     assert metrics["split"] == "test" and metrics["resolution"] == "original"
-    assert set(metrics["models"]) == {"unet", "fpn", "pspnet"}
+    assert set(metrics["models"]) == set(ARCHITECTURES)
     for name, m in metrics["models"].items():
         for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
             assert 0 <= m[key] <= 1
@@ -156,6 +159,20 @@ def test_step_06_segments_held_out_images_and_a_large_demo_scene(series_run):
     assert Image.open(out / "large_scene_mask.png").size == (96 * 8, 96 * 8)
 
 
+def test_step_07_exports_that_agree_with_the_trained_model(series_run):
+    run_dir, _ = series_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    step = manifest["steps"]["export"]
+    assert step["inputs"] == {"training": manifest["steps"]["training"]["id"]}
+    names = {p.name for p in (run_dir / "export").iterdir()}
+    assert names == {"unet_savedmodel", "unet.tflite", "unet.onnx", "unet.json"}
+    assert set(step["parity"]) == {"savedmodel", "tflite", "onnx"}
+    for check in step["parity"].values():  # the same classes, probabilities equal up to rounding (see test_export)
+        assert check["pixel_agreement"] >= 0.999 and check["mean_probability_difference"] < 1e-5
+        assert check["max_probability_difference"] < 1e-2
+    assert json.loads((run_dir / "export" / "unet.json").read_text())["classes"] == ["background", "disc", "bar", "speck"]
+
+
 FOLDER_SIZES = [(37, 53), (61, 45), (50, 50), (29, 71), (45, 33)]
 
 
@@ -177,7 +194,7 @@ def test_the_series_runs_on_a_users_folder_dataset(folder_run):
     run_dir, root = folder_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
-                                      "inference"}
+                                      "inference", "export"}
     dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
     assert dataset["classes"] == ["background", "a", "b"] and dataset["ignore_index"] == 255
     metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]

@@ -69,7 +69,8 @@ def resnet18_weights_entry(monkeypatch, tmp_path):
     server.server.shutdown()
 
 
-def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry):
+@pytest.mark.parametrize("arch", ["unet", "deeplabv3plus"])  # an sm model and one of seglab.architectures
+def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry, arch):
     entry, served, url = resnet18_weights_entry
     from classification_models.tfkeras import Classifiers
 
@@ -79,24 +80,24 @@ def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry)
     monkeypatch.setitem(entry, "url", url + entry["name"])
     monkeypatch.setitem(entry, "md5", hashlib.md5(data).hexdigest())
     lines = []
-    model = training.build_model("unet", "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
+    model = training.build_model(arch, "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
     assert lines == []
     expected = {w.name: w.numpy() for w in encoder.weights}
     conv = next(w for w in model.weights if w.name == "conv0/kernel:0")
     np.testing.assert_array_equal(conv.numpy(), expected["conv0/kernel:0"])
 
 
-@pytest.mark.parametrize("served", ["nothing", "an error page"])
-def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch, resnet18_weights_entry, served):
+@pytest.mark.parametrize("served, arch", [("nothing", "unet"), ("an error page", "unet"), ("nothing", "unetplusplus")])
+def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch, resnet18_weights_entry, served, arch):
     entry, folder, url = resnet18_weights_entry
     if served == "an error page":  # e.g. a proxy answering 200 with HTML: fails the checksum
         (folder / "weights.h5").write_text("<html>blocked</html>")
     monkeypatch.setitem(entry, "url", url + "weights.h5")  # otherwise the server answers 404
     lines = []
-    model = training.build_model("unet", "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
+    model = training.build_model(arch, "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
     assert len(lines) == 1
     assert lines[0].startswith("imagenet weights for resnet18 could not be downloaded")
-    assert lines[0].endswith("training unet from random initialisation.")
+    assert lines[0].endswith(f"training {arch} from random initialisation.")
     assert model.output_shape == (None, 64, 64, 3)
 
 

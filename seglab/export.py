@@ -1,0 +1,178 @@
+"""Step 07: a trained model as one file that runs without seglab, as ``python -m seglab export`` does.
+
+Every format holds the same graph, built by :func:`serving_module`:
+
+- input ``images``: uint8 RGB, shape (N, S, S, 3), S the model's input size. The batch N
+  is free; height and width are fixed at S, as the model was built (use
+  ``seglab predict`` or your own sliding windows for other sizes);
+- inside: the encoder's normalisation (channel order, scale, offset, read from the
+  model's ``.json`` sidecar at export time), then the network;
+- outputs ``probabilities`` (float32, (N, S, S, classes), softmax) and ``classes``
+  (uint8, (N, S, S), the most probable class of each pixel).
+
+SavedModel and TFLite come from TensorFlow itself, ONNX from ``tf2onnx``. A small JSON
+beside the export names the classes, colours and this contract; the model does not need it.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from seglab import pipeline
+from seglab.artifacts import RunDir, atomic_dir, atomic_file, write_json
+from seglab.backend import tf
+from seglab.inference import model_info
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+QUANTIZATIONS = ("float16", "int8")  # TFLite only: float16 weights, or int8 weights with float activations
+ONNX_OPSET = 17
+ONNX_PACKAGES = "tf2onnx==1.17.0 onnxruntime==1.32.0"
+
+
+class Unavailable(RuntimeError):
+    """A format that cannot be written here; the message says why and what to install."""
+
+
+def serving_module(model, normalization: dict):
+    """A ``tf.Module`` whose ``serve``: uint8 images in, normalisation and network inside, probabilities and classes out."""
+    size = model.input_shape[1]
+    module = tf.Module()
+    module.model = model  # tracked, so that its weights are saved with the function
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+    def serve(images):
+        probabilities = model(pipeline.normalize(images, normalization), training=False)
+        return {"probabilities": probabilities, "classes": tf.cast(tf.argmax(probabilities, -1), tf.uint8)}
+
+    module.serve = serve
+    return module
+
+
+def file_name(arch: str, fmt: str, quantize: str | None = None) -> str:
+    suffix = f"_{quantize}" if quantize else ""
+    return {"savedmodel": f"{arch}_savedmodel", "tflite": f"{arch}{suffix}.tflite", "onnx": f"{arch}.onnx"}[fmt]
+
+
+class Exporter:
+    """One trained model (``RUN/models/ARCH.keras`` and its ``.json``), loaded and traced once, written in any format."""
+
+    def __init__(self, model_path: str | Path):
+        from seglab.training import load_model
+
+        self.model_path = Path(model_path)
+        self.info = model_info(self.model_path)
+        self.model = load_model(self.model_path)
+        self.module = serving_module(self.model, self.info["normalization"])
+
+    def write(self, fmt: str, output_dir: str | Path | None = None, quantize: str | None = None) -> Path:
+        """The export in ``output_dir`` (default ``RUN/export``), a folder for SavedModel, with ``ARCH.json`` beside it."""
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if quantize and (fmt != "tflite" or quantize not in QUANTIZATIONS):
+            raise ValueError(f"--quantize {quantize}: only tflite exports are quantized, to {' or '.join(QUANTIZATIONS)}")
+        output_dir = Path(output_dir) if output_dir else self.model_path.parent.parent / "export"
+        target = output_dir / file_name(self.model_path.stem, fmt, quantize)
+        serve = self.module.serve
+        with _quiet():
+            if fmt == "savedmodel":
+                with atomic_dir(target) as tmp:
+                    tf.saved_model.save(self.module, str(tmp), signatures={"serving_default": serve})
+            elif fmt == "tflite":
+                atomic_file(target, lambda tmp: tmp.write_bytes(_tflite(self.module, quantize)))
+            else:
+                convert = _import_tf2onnx().convert
+                atomic_file(target, lambda tmp: convert.from_function(serve, input_signature=serve.input_signature,
+                                                                      opset=ONNX_OPSET, output_path=str(tmp)))
+        self._write_sidecar(output_dir)
+        return target
+
+    def reference(self, images: np.ndarray) -> np.ndarray:
+        """The Keras model's probabilities for uint8 images, normalised by seglab as in training."""
+        return self.model.predict(pipeline.normalize(images, self.info["normalization"]), verbose=0)
+
+    def _write_sidecar(self, output_dir: Path) -> None:
+        info, size = self.info, self.info["input_size"]
+        write_json(output_dir / f"{self.model_path.stem}.json", {
+            "architecture": info["architecture"], "backbone": info["backbone"], "classes": info["classes"],
+            "colors": info["colors"], "pixel_scale": info.get("pixel_scale", [1.0, 1.0]),
+            "input": {"name": "images", "dtype": "uint8", "shape": [None, size, size, 3], "channels": "RGB",
+                      "normalization": "inside the model"},
+            "outputs": {"probabilities": {"dtype": "float32", "shape": [None, size, size, len(info["classes"])]},
+                        "classes": {"dtype": "uint8", "shape": [None, size, size]}},
+        })
+
+
+def load_exported(path: str | Path):
+    """The export as ``images -> {"probabilities", "classes"}``, run by its own runtime, as a user without seglab would."""
+    path = Path(path)
+    if path.is_dir():
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        return lambda images: {name: t.numpy() for name, t in serve(images=tf.constant(images)).items()}
+    if path.suffix == ".tflite":
+        with warnings.catch_warnings():  # tf.lite.Interpreter works; the warning points to LiteRT, the same API
+            warnings.simplefilter("ignore")
+            runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner()
+        return lambda images: runner(images=images)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # errors only: tf2onnx's resize attributes draw deprecation warnings
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = ["probabilities", "classes"]
+    return lambda images: dict(zip(names, session.run(names, {"images": images})))
+
+
+def agreement(expected: np.ndarray, exported: dict) -> dict:
+    """Share of pixels given the same class; mean and largest difference of the probabilities.
+
+    The largest difference sits where two classes nearly tie: there a logit's rounding
+    error moves both probabilities. The mean says whether the export computes the same thing.
+    """
+    difference = np.abs(expected - exported["probabilities"])
+    return {"pixel_agreement": float(np.mean(expected.argmax(-1) == exported["classes"])),
+            "mean_probability_difference": float(difference.mean()),
+            "max_probability_difference": float(difference.max())}
+
+
+def size_mb(path: Path) -> float:
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
+def record(cfg, run: RunDir, arch: str, exports: dict, checks: dict) -> None:
+    """Register step 07: every exported file, the sidecar, and the parity figures."""
+    outputs = {name: str(Path(path).relative_to(run.root)) for name, path in exports.items()}
+    outputs["info"] = f"export/{arch}.json"
+    run.record("export", outputs, config=cfg, inputs=("training",), parity=checks)
+
+
+def _tflite(module, quantize: str | None) -> bytes:
+    """float32, or with ``float16`` weights, or ``int8`` weights (dynamic range: activations stay float)."""
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+@contextmanager
+def _quiet():
+    """TensorFlow logs each SavedModel it writes, the converters' temporary ones too, at INFO; only warnings here."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _import_tf2onnx():
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise Unavailable(f"ONNX export is unavailable: {error} (pip install {ONNX_PACKAGES})") from None
+    return tf2onnx
