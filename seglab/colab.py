@@ -97,51 +97,39 @@ DRIVE_FOLDER = "{folder}"  # or copy the project folder to Google Drive as MyDri
 
 
 def _seglab_setup(source, folder):
-    import importlib, importlib.util, os, shutil, subprocess, sys
-    from importlib import metadata
-
+    import importlib, importlib.util, importlib.metadata as metadata, os, shutil, subprocess, sys
     def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
+        return {{(d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in metadata.distributions()}}.get(name)
     if "google.colab" not in sys.modules:
         if importlib.util.find_spec("seglab") is None:
             raise RuntimeError("seglab is not installed for this kernel: run `make lab`, or `pip install -e .` in the kernel's environment.")
         return print(f"Not on Colab: nothing to set up (seglab {{version('seglab')}} in this kernel's environment).")
-    from google.colab import drive
-
     if not os.path.isdir("/content/drive/MyDrive"):
+        from google.colab import drive
         drive.mount("/content/drive")  # run folders live on Drive, which outlives this runtime
     if version("tensorflow") is None:
         raise RuntimeError("This runtime has no TensorFlow (Colab's TPU runtimes ship none): choose a GPU (T4) or CPU runtime under Runtime > Change runtime type.")
-    tf_minor = ".".join(version("tensorflow").split(".")[:2])
-    project = f"/content/drive/MyDrive/{{folder}}"
+    tf_minor, project = ".".join(version("tensorflow").split(".")[:2]), f"/content/drive/MyDrive/{{folder}}"
     if version("seglab") and version("segmentation-models") and (version("tf-keras") or "").startswith(tf_minor + "."):
         print(f"seglab {{version('seglab')}} is already installed in this runtime.")
     else:
-        if os.path.isfile(f"{{project}}/pyproject.toml"):
+        if os.path.isfile(f"{{project}}/pyproject.toml"):  # pip builds inside the folder: a local copy, not Drive
             target, where = "/content/seglab_src", f"the project folder on Drive, MyDrive/{{folder}}"
-            shutil.rmtree(target, ignore_errors=True)  # pip builds inside the folder: a local copy, not Drive
-            shutil.copytree(project, target, ignore=shutil.ignore_patterns("runs", "data", ".git", ".venv*", "__pycache__"))
+            shutil.copytree(project, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs", "data", ".git", ".venv*", "__pycache__"))
         elif "{placeholder}" not in source:
             target, where = source, source
         else:
             raise RuntimeError(f"No install source: set SEGLAB_SOURCE above to this project's pip address (git+https://github.com/<owner>/<name>), or copy the project folder to Google Drive as MyDrive/{{folder}}.")
         print(f"Installing seglab from {{where}}, segmentation-models 1.0.1 and tf-keras {{tf_minor}} ...")
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", target, f"tf-keras~={{tf_minor}}.0",
-                              "segmentation-models==1.0.1"], capture_output=True, text=True)
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", target, f"tf-keras~={{tf_minor}}.0", "segmentation-models==1.0.1"], capture_output=True, text=True)
         if pip.returncode:
             print(pip.stdout, pip.stderr, sep="\\n")
             raise RuntimeError(f"pip could not install seglab from {{where}} (exit code {{pip.returncode}}); its message is above.")
         importlib.invalidate_caches()
-    gpu = shutil.which("nvidia-smi") is not None
-    print(f"seglab {{version('seglab')}}, TensorFlow {{version('tensorflow')}}, tf-keras {{version('tf-keras')}}, "
-          f"segmentation-models {{version('segmentation-models')}}; {{'GPU' if gpu else 'CPU'}} runtime; runs in MyDrive/{{folder}}/runs.")
-    if not gpu:
+    gpu = "GPU" if shutil.which("nvidia-smi") else "CPU"
+    print(f"seglab {{version('seglab')}}, TensorFlow {{version('tensorflow')}}, tf-keras {{version('tf-keras')}}, segmentation-models {{version('segmentation-models')}}; {{gpu}} runtime; runs in MyDrive/{{folder}}/runs.")
+    if gpu == "CPU":
         print('No GPU: the "colab_t4" config takes hours on a CPU; pick a T4 under Runtime > Change runtime type, or set config_path = "demo" below.')
-
 
 _seglab_setup(SEGLAB_SOURCE, DRIVE_FOLDER)'''
 
