@@ -26,7 +26,7 @@ from seglab.artifacts import RunDir, atomic_file, write_text
 from seglab.runner import NOTEBOOK_DIR, run_series, series
 
 REPO = NOTEBOOK_DIR.parent
-NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|.*\d+it/s\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
+NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|.*(\d+|\?)it/s\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/(?!content/)[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 README_FIGURES = ("05_predictions_unet", "05_per_class_iou", "05_confusion_matrices", "03_training_curves")
 MAX_WIDTH = 900

@@ -23,7 +23,8 @@ def _notebook(stdout="done\n"):
     cell = new_code_cell("train()")
     cell.outputs = [
         new_output("stream", name="stderr", text="I0000 00:00:17.5 port.cc:153] oneDNN custom operations\n"
-                                                 "preprocessing: 100%|██████████| 60/60 [00:00<00:00, 437.68it/s]\n"),
+                                                 "preprocessing: 100%|██████████| 60/60 [00:00<00:00, 437.68it/s]\n"
+                                                 "validation: 0it [00:00, ?it/s]\rvalidation: 60it [00:05, 11.20it/s]\n"),
         new_output("stream", name="stdout", text=stdout),
         new_output("display_data", data={"image/png": _png(2000, 500), "text/plain": "<Figure>"}),
     ]
