@@ -125,6 +125,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored
     mixed_precision: str = "auto"  # auto (on GPU) | on | off
     steps_per_epoch: Optional[int] = None  # null: the whole training split each epoch
+    time_budget_minutes: Optional[float] = None  # stop after this much training wall time (null: no limit)
 
 
 @dataclass
@@ -302,6 +303,7 @@ RULES = {
     "train.strategy": _one_of("auto", "default", "mirrored"),
     "train.mixed_precision": _one_of("auto", "on", "off"),
     "train.steps_per_epoch": ((lambda v: v > 0), "a positive integer, or null for the whole training split"),
+    "train.time_budget_minutes": ((lambda v: v > 0), "a positive number of minutes, or null for no limit"),
     "evaluation.min_component_sizes": ((lambda v: v and min(v) >= 0),
                                        "a non-empty list of non-negative integers (0: remove nothing)"),
     "evaluation.saved_predictions": ((lambda v: v >= 0), "a non-negative integer (0: only the best and worst two)"),

@@ -156,6 +156,25 @@ def _schedule(cfg):
     return keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=0.5, patience=2, min_lr=1e-6)
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after ``minutes`` of training wall time, mid-epoch if need be.
+
+    Keras still validates the cut epoch, so checkpointing and the history see it like any
+    other; comparing recipes "at the same budget" means this budget.
+    """
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.start > self.seconds:
+            self.model.stop_training = True
+
+
 def _logged_epochs(csv_path: Path) -> list[dict]:
     if not csv_path.exists():
         return []
@@ -233,6 +252,7 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
         keras.callbacks.CSVLogger(str(paths["log"]), append=True),
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
         _schedule(cfg),
+        *([TimeBudget(cfg.train.time_budget_minutes)] if cfg.train.time_budget_minutes else []),
         *extra_callbacks,
     ]
     return Plan(arch, num_classes, size, norm, train, val, callbacks, resumed, batch * replicas, replicas, paths)

@@ -254,3 +254,15 @@ def test_training_on_two_replicas_scales_the_global_batch(prepared, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REPLICAS 2 4 1" in result.stdout
+
+
+def test_the_time_budget_stops_training_mid_epoch_and_still_validates():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.zeros((64, 4), np.float32), np.zeros((64, 1), np.float32)
+    steps = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
+    history = model.fit(x, y, batch_size=4, epochs=5, validation_data=(x, y), verbose=0,
+                        callbacks=[training.TimeBudget(1e-9), counter])
+    assert steps == [0]  # one step of the first of 5 epochs of 16 steps
+    assert len(history.history["val_loss"]) == 1
