@@ -112,6 +112,7 @@ class ModelConfig:
     backbone: str = "resnet18"
     encoder_weights: Optional[str] = None  # imagenet | null
     pspnet_downsample_factor: int = 8
+    batchnorm_momentum: float = 0.9  # Keras' own 0.99 predicts one class for the first few hundred steps
 
 
 @dataclass
@@ -294,6 +295,7 @@ RULES = {
                             f"a non-empty list of distinct names from {', '.join(ARCHITECTURES)}"),
     "model.backbone": ((lambda v: v in BACKBONES), _close_backbones),
     "model.pspnet_downsample_factor": _one_of(4, 8, 16),
+    "model.batchnorm_momentum": ((lambda v: 0 <= v < 1), "a number in [0, 1), such as 0.9"),
     "train.batch_size": _POSITIVE,
     "train.epochs": _POSITIVE,
     "train.learning_rate": ((lambda v: v > 0), "a positive number such as 0.001"),

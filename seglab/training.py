@@ -26,13 +26,18 @@ MONITOR = "val_mean_iou"
 
 
 def build_model(arch: str, backbone: str, num_classes: int, input_size: int, encoder_weights=None,
-                downsample_factor: int = 8, log=print):
+                downsample_factor: int = 8, batchnorm_momentum: float = 0.9, log=print):
     """Any architecture of ``config.ARCHITECTURES`` with any backbone, ending in a float32 softmax.
 
     U-Net, FPN, PSPNet and LinkNet come from segmentation_models, UNet++ and DeepLabV3+
     from :mod:`seglab.architectures`, on the same encoders. The softmax is a separate float32 layer so that under mixed precision the probabilities
     (and the loss) stay in float32. If the ImageNet encoder weights cannot be downloaded,
     one line says so and the model starts from random initialisation.
+
+    Batch normalisation's moving statistics, which predictions use, follow the batches with
+    ``batchnorm_momentum``: Keras' 0.99 leaves them far from the batches' for the first few
+    hundred steps, so a model that trains well predicts one class on validation; 0.9 is
+    PyTorch's default (its ``momentum=0.1``), which segmentation_models.pytorch trains with.
     """
     check_input_size(arch, input_size, downsample_factor)
     kwargs = {"downsample_factor": downsample_factor} if arch == "pspnet" else {}
@@ -51,6 +56,9 @@ def build_model(arch: str, backbone: str, num_classes: int, input_size: int, enc
         log(f"{encoder_weights} weights for {backbone} could not be downloaded ({_first_line(error)}); "
             f"training {arch} from random initialisation.")
         base = make(None)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = batchnorm_momentum
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(base.output)
     return keras.Model(base.input, probabilities, name=f"{arch}_{backbone}")
 
@@ -304,7 +312,7 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     plan = prepare(arch, cfg, run, strategy, extra_callbacks, log)
     with strategy.scope():
         model = build_model(arch, cfg.model.backbone, plan.num_classes, plan.input_size, cfg.model.encoder_weights,
-                            cfg.model.pspnet_downsample_factor, log=log)
+                            cfg.model.pspnet_downsample_factor, cfg.model.batchnorm_momentum, log=log)
         model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
                       loss=make_loss(cfg.train.loss, class_weights), metrics=[MeanIoU(plan.num_classes)])
     start = time.perf_counter()
