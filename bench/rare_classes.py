@@ -1,6 +1,6 @@
 """Do class weights and rare-class sampling help the rare classes? U-Net under four recipes at one time budget.
 
-No weighting, class weights, sampling (``train.sampling=rare``) and both: each runs notebooks 01 to
+No weighting, class weights, sampling (``train.sampling=rare``) and both: each runs notebooks 00 to
 04 into its own run folder, trains for ``--minutes`` (``train.time_budget_minutes``, with epochs
 enough for the budget to be the limit) and is scored on the test split by step 04. The table gives
 the model's own per-class test IoU (no test-time augmentation or post-processing, which would blur
@@ -58,7 +58,7 @@ def main():
     for recipe, extra in recipes(cfg).items():
         run_dir = out / recipe.replace(" ", "_")
         print(f"--- {recipe} ({', '.join(extra)}) in {run_dir}", flush=True)
-        run_series(args.config, overrides + extra, str(run_dir), only=["01", "02", "03", "04"])
+        run_series(args.config, overrides + extra, str(run_dir), only=["00", "01", "02", "03", "04"])
         results[recipe] = (read_json(run_dir / "metrics.json")["models"][args.arch],
                            read_json(run_dir / "training.json")[args.arch])
     manifest = read_json(run_dir / "dataset" / "dataset.json")
