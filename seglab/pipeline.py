@@ -101,7 +101,7 @@ def _crops(image, mask, size: int, count: int, rare=None):
         starts = _below(limit, count)
     else:
         hits = tf.cast(tf.where(tf.reduce_any(tf.equal(mask, rare), axis=-1)), tf.int32)
-        points = tf.gather(hits, _below([tf.shape(hits)[0]], count)[:, 0])
+        points = tf.gather(hits, tf.random.uniform([count], 0, tf.shape(hits)[0], tf.int32))
         low, high = tf.maximum(points - size + 1, 0), tf.minimum(points + 1, limit)
         starts = low + _below(high - low, count)
     return tf.map_fn(lambda s: (image[s[0]:s[0] + size, s[1]:s[1] + size], mask[s[0]:s[0] + size, s[1]:s[1] + size]),
