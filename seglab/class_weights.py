@@ -73,6 +73,19 @@ def compute_weights(counts, scheme: str, max_ratio: float | None = None, present
     return weights
 
 
+def rare_classes(counts, threshold: float) -> list[int]:
+    """The classes that ``train.sampling: rare`` forces into a share of each batch.
+
+    Rule: every class present in the training split with less than ``threshold`` of its
+    labelled pixels; when none is that rare, the least frequent present class (with a single
+    foreground class, that is nnU-Net's foreground oversampling). An absent class cannot be drawn.
+    """
+    counts = np.asarray(counts, np.float64)
+    present = np.flatnonzero(counts > 0)
+    rare = [int(c) for c in present if counts[c] < threshold * counts.sum()]
+    return rare or [int(present[np.argmin(counts[present])])]
+
+
 def write_class_weights(run: RunDir, cfg) -> dict:
     manifest = data_loading.load_manifest(run)
     masks = (mask for _, _, mask in data_loading.read_samples(data_loading.split_shards(run, manifest, "train"), images=False))

@@ -94,6 +94,7 @@ class DataConfig:
     image_size: int = 96  # side of the square model input; a multiple of 32 (unet, fpn) and 48 (pspnet)
     mode: str = "resize"  # resize | tile
     tile_overlap: float = 0.25
+    train_tiles: str = "precomputed"  # tile mode: precomputed | random_crops (of the full-size training images)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     group_pattern: Optional[str] = None  # regex whose first group names an image's group (patient, scan, video)
@@ -127,6 +128,9 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (on GPU) | on | off
     steps_per_epoch: Optional[int] = None  # null: the whole training split each epoch
     time_budget_minutes: Optional[float] = None  # stop after this much training wall time (null: no limit)
+    sampling: str = "none"  # none | rare: rare_share of the samples drawn to hold a rare class (nnU-Net's oversampling)
+    rare_share: float = 0.33  # nnU-Net's oversample_foreground_percent
+    rare_threshold: float = 0.05  # a class is rare below this share of the training pixels (class_weights.rare_classes)
 
 
 @dataclass
@@ -285,6 +289,7 @@ RULES = {
     "data.image_size": _POSITIVE,
     "data.mode": _one_of("resize", "tile"),
     "data.tile_overlap": _OVERLAP,
+    "data.train_tiles": _one_of("precomputed", "random_crops"),
     "data.val_fraction": _FRACTION,
     "data.test_fraction": _FRACTION,
     "data.group_pattern": (_is_group_pattern, "a regular expression with a group that names the image's group, "
@@ -306,6 +311,9 @@ RULES = {
     "train.mixed_precision": _one_of("auto", "on", "off"),
     "train.steps_per_epoch": ((lambda v: v > 0), "a positive integer, or null for the whole training split"),
     "train.time_budget_minutes": ((lambda v: v > 0), "a positive number of minutes, or null for no limit"),
+    "train.sampling": _one_of("none", "rare"),
+    "train.rare_share": _FRACTION,
+    "train.rare_threshold": _FRACTION,
     "evaluation.min_component_sizes": ((lambda v: v and min(v) >= 0),
                                        "a non-empty list of non-negative integers (0: remove nothing)"),
     "evaluation.saved_predictions": ((lambda v: v >= 0), "a non-negative integer (0: only the best and worst two)"),
@@ -334,6 +342,9 @@ def validate(cfg: Config) -> Config:
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} "
                           "leave no images to train on: their sum must be below 1")
+    if data.train_tiles == "random_crops" and data.mode != "tile":
+        raise ConfigError(f"data.train_tiles=random_crops needs data.mode=tile, not {data.mode}: resized images are "
+                          "already the model's input, with nothing to crop")
     check_input_size(cfg.model.architectures, data.image_size, cfg.model.pspnet_downsample_factor)
     if data.source == "folder":
         _check_folder_source(data.root)

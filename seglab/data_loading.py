@@ -8,7 +8,7 @@ folder may live on Google Drive, which is slow with many small files):
   ``mask`` (PNG of class indices, ``sources.IGNORE`` = 255 for ignored pixels);
 - ``dataset/{split}-originals-00000-of-000NN.tfrecord`` for val and test: each source image at
   its original size with its mask (evaluation scores at the user's resolution); see
-  :func:`original_pairs`;
+  :func:`original_pairs`; for train too with ``data.train_tiles: random_crops`` (training crops them);
 - ``dataset/dataset.json``: classes, colours, split membership, shard names, pixel counts
   without the ignored pixels, and ``ignore_index`` (255 when the source declares an ignore
   label, else null).
@@ -51,9 +51,14 @@ LAYOUT_VERSION = 2  # part of the fingerprint: bump it whenever prepare_dataset 
 SHARD_BYTES = 64 * 2**20  # aimed size of one shard file, estimated from the source files' sizes
 MAX_SHARDS = 32  # per split and kind, however large the dataset
 PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction",
-                      "group_pattern")
+                      "group_pattern", "train_tiles")
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
+
+
+def original_splits(data) -> tuple:
+    """The splits kept at their original size: val and test, and train when training crops it."""
+    return ORIGINAL_SPLITS + (("train",) if data.train_tiles == "random_crops" else ())
 
 
 def resolve_source(cfg: Config) -> Path:
@@ -324,7 +329,7 @@ def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
         writers = _writers(out, pairs, split_of, cfg.data)
 
         def work(pair):
-            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in ORIGINAL_SPLITS)
+            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in original_splits(cfg.data))
 
         try:
             results = _ordered_map(pool, work, pairs, 2 * workers)
@@ -373,7 +378,7 @@ def _writers(out: Path, pairs: list, split_of: dict, data) -> dict:
         source_bytes = sum(image.stat().st_size + mask.stat().st_size for image, mask in members)
         resized = len(members) * data.image_size ** 2 * 4 if data.mode == "resize" else source_bytes
         writers[split] = _ShardWriter(out, split, shard_count(min(source_bytes, resized), len(members)), len(members))
-        if split in ORIGINAL_SPLITS:
+        if split in original_splits(data):
             kind = f"{split}-originals"
             writers[kind] = _ShardWriter(out, kind, shard_count(source_bytes, len(members)), len(members))
     return writers

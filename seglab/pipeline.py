@@ -68,9 +68,72 @@ def _augment(image, mask):
     return tf.clip_by_value(image, 0, 255), tf.cast(mask, tf.uint8)
 
 
+def _holds(record, rare):
+    """Whether a record's mask holds one of the ``rare`` classes; decodes the mask alone, so the
+    records passed over cost no image decoding."""
+    mask = tf.io.decode_png(tf.io.parse_single_example(record, FEATURES)["mask"], channels=1)
+    return tf.reduce_any(tf.equal(mask, rare))
+
+
+def _below(limits, count: int):
+    """``count`` random (row, column) pairs, each coordinate in ``[0, limit)``."""
+    limits = tf.cast(limits, tf.float32)
+    return tf.cast(tf.minimum(tf.floor(tf.random.uniform([count, 2]) * limits), limits - 1), tf.int32)
+
+
+def _mirrored(length, size: int):
+    """Indices that extend a side shorter than ``size`` by mirroring, as ``np.pad(mode="symmetric")``
+    extends step 01's tiles; a side long enough is kept as it is."""
+    k = tf.range(tf.maximum(length, size)) % (2 * length)
+    return tf.where(k < length, k, 2 * length - 1 - k)
+
+
+def _crops(image, mask, size: int, count: int, rare=None):
+    """``count`` random windows of ``size`` from one full-size sample.
+
+    With ``rare``, each window holds a random pixel of a rare class, at a random place in the
+    window: nnU-Net's forced foreground patch (which first draws the class, then the pixel).
+    """
+    rows, cols = _mirrored(tf.shape(mask)[0], size), _mirrored(tf.shape(mask)[1], size)
+    image, mask = (tf.gather(tf.gather(x, rows), cols, axis=1) for x in (image, mask))
+    limit = tf.shape(mask)[:2] - size + 1  # starts in [0, limit)
+    if rare is None:
+        starts = _below(limit, count)
+    else:
+        hits = tf.cast(tf.where(tf.reduce_any(tf.equal(mask, rare), axis=-1)), tf.int32)
+        points = tf.gather(hits, tf.random.uniform([count], 0, tf.shape(hits)[0], tf.int32))
+        low, high = tf.maximum(points - size + 1, 0), tf.minimum(points + 1, limit)
+        starts = low + _below(high - low, count)
+    return tf.map_fn(lambda s: (image[s[0]:s[0] + size, s[1]:s[1] + size], mask[s[0]:s[0] + size, s[1]:s[1] + size]),
+                     starts, fn_output_signature=(image.dtype, mask.dtype))
+
+
+def _forced(share: float):
+    """Choices 0 (any sample), 1 (a rare one), the ones spread evenly at the rate ``share``: every
+    batch, and each replica's slice of it, holds its share to within one sample."""
+    at = lambda i: tf.floor(tf.cast(i, tf.float64) * share)
+    return tf.data.Dataset.counter().map(lambda i: tf.cast(at(i + 1) - at(i), tf.int64))
+
+
+def _records(files, training: bool, seed: int, items, shuffle_buffer: int, keep=None):
+    """The serialised samples: from several shards at once, shuffled in a bounded buffer when training."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 4)), num_parallel_calls=AUTOTUNE)
+    if items is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(items))
+    if keep is not None:
+        ds = ds.filter(keep)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
 def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training: bool = False,
                  augment: bool = False, seed: int = 0, repeat: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER,
-                 items: int | None = None, size: int | None = None, pad_to: int | None = None):
+                 items: int | None = None, size: int | None = None, pad_to: int | None = None,
+                 crop: int | None = None, crops_per_image: int = 1, rare=(), rare_share: float = 0.0):
     """Batches of (normalised image, one-hot mask) from TFRecord shard files (notebook 01's ``dataset/``).
 
     For training, the shard order and the records (in a buffer of ``shuffle_buffer``) are
@@ -84,19 +147,36 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
     multiple of the global batch: ``tf.distribute`` hands a file-based dataset's last partial
     batch to the first replica alone and an empty batch to the others, on which batch
     normalisation fails. Ignored pixels count in no score and no Dice term.
+
+    ``crop`` (training on full-size images, ``data.train_tiles: random_crops``): ``crops_per_image``
+    random windows of ``crop`` pixels from each image read, shuffled among those of a few images.
+    ``rare`` (class indices) and ``rare_share``: that share of the samples, spread evenly over
+    every batch, is drawn from those holding a rare class (crops: windows around a rare pixel),
+    the rest from all samples as usual, as nnU-Net oversamples foreground. Both read the shards
+    as endless streams; an epoch is then ``items * crops_per_image`` samples.
     """
     files = [str(path) for path in shards]
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 4)), num_parallel_calls=AUTOTUNE)
-    if items is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(items))
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.map(_parse, num_parallel_calls=AUTOTUNE)
+    endless = bool(crop or len(rare))
+
+    def samples(seed: int, holding=None):
+        """All samples, or with ``holding`` (rare classes) those holding one."""
+        keep = None if holding is None else (lambda record: _holds(record, holding))
+        ds = _records(files, training, seed, items, shuffle_buffer, keep)
+        if repeat or endless:
+            ds = ds.repeat()
+        ds = ds.map(_parse, num_parallel_calls=AUTOTUNE)
+        if crop:
+            ds = ds.map(lambda image, mask: _crops(image, mask, crop, crops_per_image, holding),
+                        num_parallel_calls=AUTOTUNE)
+            ds = ds.unbatch().shuffle(4 * crops_per_image, seed=seed)
+        return ds
+
+    ds = samples(seed)
+    if len(rare):
+        rare = tf.constant(rare, tf.uint8)
+        ds = tf.data.Dataset.choose_from_datasets([ds, samples(seed + 1, rare)], _forced(rare_share))
+    if endless and not repeat:
+        ds = ds.take(items * crops_per_image)
     if size is not None:
         ds = ds.map(lambda image, mask: (tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size, 1])))
     if pad_to and items and items % pad_to:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab import architectures, data_loading, pipeline
-from seglab.artifacts import RunDir, atomic_file, read_json, write_json
+from seglab import architectures, class_weights, data_loading, pipeline
+from seglab.artifacts import MissingInput, RunDir, atomic_file, read_json, write_json
 from seglab.backend import keras, sm, tf
 from seglab.config import check_input_size
 
@@ -214,6 +214,16 @@ def fingerprint(arch: str, cfg, run: RunDir) -> dict:
             "augment": cfg.data.augment, "seed": cfg.seed}
 
 
+def rare_classes(manifest: dict, cfg, log=print) -> list[int]:
+    """The classes ``train.sampling: rare`` forces into each batch (``class_weights.rare_classes``), named."""
+    pixels = np.asarray(manifest["splits"]["train"]["pixels"])
+    rare = class_weights.rare_classes(pixels, cfg.train.rare_threshold)
+    names = ", ".join(f"{manifest['classes'][c]} ({pixels[c] / pixels.sum():.2%})" for c in rare)
+    log(f"rare classes (under {cfg.train.rare_threshold:.0%} of the training pixels, else the rarest): {names}; "
+        f"{cfg.train.rare_share:.0%} of every batch is drawn to hold one")
+    return rare
+
+
 def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print) -> Plan:
     """Input pipelines, callbacks and the resume decision for one architecture.
 
@@ -225,13 +235,22 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
     num_classes, size = len(manifest["classes"]), manifest["image_size"]
     replicas = strategy.num_replicas_in_sync
     norm = pipeline.encoder_normalization(cfg.model.backbone)
-    shards = {split: data_loading.local_shards(run, data_loading.split_shards(run, manifest, split), log=lambda _: None)
-              for split in ("train", "val")}  # read every epoch: from the local disk when the run folder is on Drive
+    crops = cfg.data.train_tiles == "random_crops"  # of the full-size training images, instead of the tiles
+    if crops and "train-originals" not in manifest["shards"]:
+        raise MissingInput("Run notebook 01 again: data.train_tiles=random_crops crops the full-size training images, "
+                           "which its dataset/ does not keep.")
+    # read every epoch: from the local disk when the run folder is on Drive
+    shards = {split: data_loading.local_shards(run, data_loading.split_shards(run, manifest, split, originals),
+                                               log=lambda _: None) for split, originals in (("train", crops), ("val", False))}
     batch = data_loading.fit_batch_size(manifest["splits"]["train"]["items"], cfg.train.batch_size, replicas, log=log)
     items = {split: manifest["splits"][split]["items"] for split in shards}
-    train = pipeline.make_dataset(shards["train"], num_classes, norm, batch * replicas, training=True, items=items["train"],
+    records = manifest["splits"]["train"]["sources"] if crops else items["train"]
+    rare = rare_classes(manifest, cfg, log) if cfg.train.sampling == "rare" else []
+    train = pipeline.make_dataset(shards["train"], num_classes, norm, batch * replicas, training=True, items=records,
                                   size=size, augment=cfg.data.augment, seed=cfg.seed,
-                                  repeat=cfg.train.steps_per_epoch is not None)
+                                  repeat=cfg.train.steps_per_epoch is not None, crop=size if crops else None,
+                                  crops_per_image=round(items["train"] / records), rare=rare,
+                                  rare_share=cfg.train.rare_share)
     val = pipeline.make_dataset(shards["val"], num_classes, norm, batch * replicas, items=items["val"], size=size,
                                 pad_to=batch * replicas if replicas > 1 else None)
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
-from seglab.class_weights import compute_weights, pixel_counts
+from seglab.class_weights import compute_weights, pixel_counts, rare_classes
 
 
 def test_balanced_equals_scikit_learn_on_the_same_pixels(tmp_path):
@@ -73,3 +73,9 @@ def test_weights_count_the_training_split_only(tmp_path, make_config):
     train = manifest["splits"]["train"]
     assert result["counts"] == train["pixels"] and sum(result["counts"]) == train["items"] * 64 * 64
     assert sum(result["counts"]) < sum(sum(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
+
+
+def test_rare_classes_are_those_under_the_threshold_else_the_rarest_present():
+    assert rare_classes([900, 60, 38, 2], 0.05) == [2, 3]  # 3.8% and 0.2% of the pixels
+    assert rare_classes([800, 200], 0.05) == [1]  # none that rare: the rarest, nnU-Net's foreground
+    assert rare_classes([950, 50, 0], 0.05) == [1]  # an absent class cannot be drawn

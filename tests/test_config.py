@@ -120,6 +120,10 @@ WRONG = {
     "zero inference batch": (["inference.batch_size=0"], "inference.batch_size=0 must be a positive integer"),
     "no such inference input": (["inference.input=/no/such/photo.png"], "inference.input=/no/such/photo.png: no such"),
     "negative seed": (["seed=-1"], "seed=-1 must be an integer from 0"),
+    "random crops of resized images": (["data.train_tiles=random_crops"],
+                                       "data.train_tiles=random_crops needs data.mode=tile, not resize"),
+    "unknown sampling": (["train.sampling=oversample"], "train.sampling='oversample' must be one of none, rare"),
+    "rare share of 1": (["train.rare_share=1"], "train.rare_share=1.0 must be a fraction in (0, 1)"),
     "name not a string": (["name=[a]"], "name=['a'] must be a string"),
 }
 

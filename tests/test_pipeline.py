@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,3 +87,98 @@ def test_training_order_is_shuffled_across_shards_and_epochs(tmp_path):
     first, second = ([int(v) for v in x.numpy()[:, 0, 0, 0]] for x, _ in (next(iter(ds)), next(iter(ds))))
     assert sorted(first) == sorted(second) == list(range(40))  # every sample once per epoch
     assert first != list(range(40)) and first != second
+
+
+IDENTITY = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
+
+
+def rare_share(batches, rare: int = 2) -> float:
+    held = np.concatenate([y.numpy()[..., rare].any(axis=(1, 2)) for _, y in batches])
+    return held.mean()
+
+
+@pytest.mark.parametrize("share, expected", [(0.0, 0.1), (0.5, 0.55), (0.33, 0.397)])
+def test_rare_sampling_forces_a_share_of_every_batch_to_hold_a_rare_class(tmp_path, share, expected):
+    """10% of the images hold the rare class 2; sampling draws ``share`` of each batch from those,
+    the rest from all images (nnU-Net's forced foreground): share + (1 - share) * 10% hold it."""
+    samples = []
+    for i in range(100):
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:, 4:] = 1
+        mask[1, 1] = 2 if i % 10 == 0 else 0
+        samples.append((np.full((8, 8, 3), i, np.uint8), mask))
+    rare = [2] if share else []
+    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 4), 3, IDENTITY, 10, training=True, items=100,
+                               size=8, rare=rare, rare_share=share)
+    epochs = [list(ds) for _ in range(4)]
+    assert all(len(batches) == 10 for batches in epochs)  # an epoch is still the training split's length
+    assert rare_share(sum(epochs, [])) == pytest.approx(expected, abs=0.05)
+    per_batch = [y.numpy()[..., 2].any(axis=(1, 2)).sum() for _, y in epochs[0]]
+    assert min(per_batch) >= int(10 * share)  # the share holds in every batch, not only on average
+
+
+def full_images(count: int = 10):
+    """Full-size images whose pixels say where they are (red: row, green: column, blue: image);
+    only image 0 holds the rare class 1, in a 2 x 2 blob."""
+    images = []
+    for k in range(count):
+        h, w = [(40, 56), (24, 30), (64, 48)][k % 3]  # one shorter than a crop on both sides
+        rows, cols = np.mgrid[:h, :w]
+        image = np.stack([rows, cols, np.full_like(rows, k)], -1).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        if k == 0:
+            mask[30:32, 45:47] = 1
+        images.append((image, mask))
+    return images
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_random_crops_are_tiles_of_the_full_images_and_keep_the_rare_share(tmp_path, share):
+    images = full_images()
+    ds = pipeline.make_dataset(write_shards(tmp_path, images, 3), 2, IDENTITY, 8, training=True, items=10, size=32,
+                               crop=32, crops_per_image=4, rare=[1] if share else [], rare_share=share)
+    batches = sum((list(ds) for _ in range(3)), [])
+    assert len(batches) == 3 * 5 and all(x.shape == (8, 32, 32, 3) for x, _ in batches)  # 10 images x 4 crops
+    windows = set()
+    for x, y in batches:
+        for crop, labels in zip(x.numpy().astype(np.uint8), pipeline.labels(y)):
+            image, mask = images[crop[0, 0, 2]]
+            pad = ((0, max(0, 32 - mask.shape[0])), (0, max(0, 32 - mask.shape[1])))
+            image, mask = np.pad(image, pad + ((0, 0),), mode="symmetric"), np.pad(mask, pad, mode="symmetric")
+            y0, x0 = crop[0, 0, :2]  # a window's first pixel says where it starts
+            np.testing.assert_array_equal(crop, image[y0:y0 + 32, x0:x0 + 32])
+            np.testing.assert_array_equal(labels, mask[y0:y0 + 32, x0:x0 + 32])
+            windows.add((crop[0, 0, 2], y0, x0))
+    assert len(windows) > 40  # random places, not a fixed grid
+    held = rare_share(batches, rare=1)
+    assert held >= share and held <= share + 0.1  # only 1 image in 10 holds it: no more than 10% without sampling
+    if not share:
+        assert held < 0.1
+
+
+TWO_REPLICAS = """
+import sys
+import numpy as np
+from seglab.backend import tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from seglab import pipeline
+from test_pipeline import IDENTITY, full_images, write_shards
+from pathlib import Path
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+ds = pipeline.make_dataset(write_shards(Path(sys.argv[1]), full_images(), 3), 2, IDENTITY, 8, training=True, items=10,
+                           size=32, crop=32, crops_per_image=4, rare=[1], rare_share=0.5)
+held = [int(y.numpy()[..., 1].any(axis=(1, 2)).sum()) for batch in strategy.experimental_distribute_dataset(ds)
+        for y in strategy.experimental_local_results(batch[1])]
+print("HELD", held)
+"""
+
+
+def test_each_replica_gets_the_rare_share_of_its_batch(tmp_path):
+    tests = Path(__file__).parent
+    path = os.pathsep.join([str(tests), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": path})
+    assert result.returncode == 0, result.stderr[-3000:]
+    held = json.loads(result.stdout.split("HELD")[-1])
+    assert len(held) == 10 and min(held) >= 2  # 5 global batches of 8: each replica's 4 hold 2 forced crops

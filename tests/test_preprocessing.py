@@ -213,6 +213,23 @@ def test_val_and_test_images_are_kept_at_their_original_size(tmp_path, make_conf
         list(data_loading.original_pairs(run, manifest, "train"))
 
 
+def test_random_crops_keep_the_training_images_at_their_original_size(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=6, size=[(64, 50), (37, 53)])
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32", "data.mode=tile",
+                      "data.train_tiles=random_crops")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    classes = sources.read_classes(root / "classes.json")
+    pairs = list(data_loading.original_pairs(run, manifest, "train"))
+    assert [stem for stem, _, _ in pairs] == manifest["splits"]["train"]["source_ids"]
+    for stem, kept_image, kept_mask in pairs:
+        image, mask = sources.read_pair(root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png", classes)
+        np.testing.assert_array_equal(kept_image, image)
+        np.testing.assert_array_equal(kept_mask, mask)
+    tiles = data_loading.read_samples(data_loading.split_shards(run, manifest, "train"), images=False)
+    assert sum(1 for _ in tiles) == manifest["splits"]["train"]["items"] > len(pairs)  # the tiles too, for 02
+
+
 def test_pairs_stream_through_a_bounded_window_in_input_order():
     pulled = []
 

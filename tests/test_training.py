@@ -277,3 +277,16 @@ def test_the_time_budget_stops_training_mid_epoch_and_still_validates():
                         callbacks=[training.TimeBudget(1e-9), counter])
     assert steps == [0]  # one step of the first of 5 epochs of 16 steps
     assert len(history.history["val_loss"]) == 1
+
+
+def test_training_reads_random_crops_with_rare_classes_forced_into_each_batch(make_config):
+    cfg = make_config("data.mode=tile", "data.image_size=32", "data.train_tiles=random_crops", "train.sampling=rare",
+                      "train.rare_share=0.5", "train.batch_size=4", "data.augment=false")
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    lines = []
+    plan = training.prepare("unet", cfg, run, tf.distribute.get_strategy(), log=lines.append)
+    assert any(line.startswith("rare classes") and "speck" in line for line in lines)
+    assert plan.train.cardinality() == manifest["splits"]["train"]["items"] // 4  # an epoch: as many crops as tiles
+    for _, y in plan.train.take(3):
+        assert y.shape == (4, 32, 32, 4) and y.numpy()[..., 3].any(axis=(1, 2)).sum() >= 2
