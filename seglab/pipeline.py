@@ -84,6 +84,10 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
     multiple of the global batch: ``tf.distribute`` hands a file-based dataset's last partial
     batch to the first replica alone and an empty batch to the others, on which batch
     normalisation fails. Ignored pixels count in no score and no Dice term.
+
+    On a ``multi_worker`` cluster every worker reads all records and keeps its share of the
+    batches (``DATA`` sharding): sharding by file would leave a worker without data when a split
+    has fewer shard files than there are workers.
     """
     files = [str(path) for path in shards]
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -106,4 +110,6 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
         ds = ds.map(_augment, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda image, mask: (normalize(image, norm), tf.one_hot(mask[..., 0], num_classes)),
                 num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE).with_options(options)
