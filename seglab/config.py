@@ -124,7 +124,7 @@ class TrainConfig:
     schedule: str = "plateau"  # plateau | cosine
     loss: str = "dice+focal"  # dice | dice+focal | dice+crossentropy
     early_stopping_patience: int = 5
-    strategy: str = "auto"  # auto | default | mirrored
+    strategy: str = "auto"  # auto | default | mirrored | multi_worker (a cluster named by TF_CONFIG)
     mixed_precision: str = "auto"  # auto (on GPU) | on | off
     steps_per_epoch: Optional[int] = None  # null: the whole training split each epoch
     time_budget_minutes: Optional[float] = None  # stop after this much training wall time (null: no limit)
@@ -307,7 +307,7 @@ RULES = {
     "train.schedule": _one_of("plateau", "cosine"),
     "train.loss": _one_of("dice", "dice+focal", "dice+crossentropy"),
     "train.early_stopping_patience": ((lambda v: v >= 1), "at least 1 (epochs without improvement before stopping)"),
-    "train.strategy": _one_of("auto", "default", "mirrored"),
+    "train.strategy": _one_of("auto", "default", "mirrored", "multi_worker"),
     "train.mixed_precision": _one_of("auto", "on", "off"),
     "train.steps_per_epoch": ((lambda v: v > 0), "a positive integer, or null for the whole training split"),
     "train.time_budget_minutes": ((lambda v: v > 0), "a positive number of minutes, or null for no limit"),

@@ -154,6 +154,10 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
     every batch, is drawn from those holding a rare class (crops: windows around a rare pixel),
     the rest from all samples as usual, as nnU-Net oversamples foreground. Both read the shards
     as endless streams; an epoch is then ``items * crops_per_image`` samples.
+
+    On a ``multi_worker`` cluster every worker reads all records and keeps its share of the
+    batches (``DATA`` sharding): sharding by file would leave a worker without data when a split
+    has fewer shard files than there are workers.
     """
     files = [str(path) for path in shards]
     endless = bool(crop or len(rare))
@@ -186,4 +190,6 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
         ds = ds.map(_augment, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda image, mask: (normalize(image, norm), tf.one_hot(mask[..., 0], num_classes)),
                 num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE).with_options(options)

@@ -8,6 +8,7 @@ notebooks run with the code beside them, whatever else is installed.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -36,6 +37,9 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
     if run_dir:
         overrides.append(f"run_dir={Path(run_dir).resolve()}")
     cfg = load_config(config_path, overrides)  # fail fast on a bad config, before any kernel starts
+    notebooks = [nb for nb in series() if not only or any(nb.name.startswith(prefix) for prefix in only)]
+    if cfg.train.strategy == "multi_worker" and not _chief():
+        return _work(cfg, notebooks, log)
     out_dir = Path(cfg.run_dir) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {
@@ -44,9 +48,7 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
         "run_dir": os.path.relpath(cfg.run_dir, NOTEBOOK_DIR),
     }
     timings = {}
-    for notebook in series():
-        if only and not any(notebook.name.startswith(prefix) for prefix in only):
-            continue
+    for notebook in notebooks:
         log(f"running {notebook.name} ...")
         start = time.perf_counter()
         try:
@@ -58,6 +60,37 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
         timings[notebook.name] = round(time.perf_counter() - start, 1)
         log(f"  done in {timings[notebook.name]} s -> {out_dir / notebook.name}")
     return timings
+
+
+def _chief() -> bool:
+    """Whether ``TF_CONFIG`` makes this process the chief of its cluster (or names no cluster).
+
+    TensorFlow's rule: the task of type ``chief``, or worker 0 when the cluster has no chief.
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {"type": "chief"})
+    first = "chief" if "chief" in tf_config.get("cluster", {"chief": []}) else "worker"
+    return task["type"] == first and task.get("index", 0) == 0
+
+
+def _work(cfg, notebooks: list[Path], log) -> dict:
+    """A worker of a ``multi_worker`` cluster only lends its devices to notebook 03's training.
+
+    The chief runs the notebooks and writes the run folder; this worker writes nothing there.
+    """
+    from seglab import training
+    from seglab.artifacts import MissingInput, RunDir
+
+    if not any(nb.name.startswith("03") for nb in notebooks):
+        log("a multi_worker worker takes part in notebook 03 only; nothing to do")
+        return {}
+    log("a multi_worker worker: training with the chief, which runs notebook 03 and writes the run folder ...")
+    start = time.perf_counter()
+    try:
+        training.train_as_worker(cfg, RunDir(cfg.run_dir), log)
+    except MissingInput as e:  # notebooks 01 and 02 have not run (or not finished) on the chief yet
+        raise NotebookFailed(f"03_training.ipynb (as a worker): {e}") from None
+    return {"03_training (worker)": round(time.perf_counter() - start, 1)}
 
 
 @contextmanager

@@ -77,7 +77,12 @@ def choose_strategy(kind: str = "auto"):
 
     ``mirrored`` forces MirroredStrategy over every GPU, or over the logical CPU devices
     when there is none (how the multi-replica path is tested without a GPU).
+    ``multi_worker`` trains on several machines with MultiWorkerMirroredStrategy: the ``TF_CONFIG``
+    environment variable names the cluster and this machine's task. It must be created before
+    any other TensorFlow operation of the process, so each process calls this once.
     """
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "auto" and tf.config.list_logical_devices("TPU"):
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -229,8 +234,13 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
 
     Training resumes from ``train_state/ARCH`` only when that state was saved for the same
     dataset, class weights and settings; otherwise it starts fresh and says so.
+    On a cluster only the chief writes to the run folder; the other workers read it (the same
+    resume decision and best score, so that every worker saves checkpoints at the same epochs,
+    which all of them must take part in) and Keras sends their checkpoints to temporary folders.
     """
-    run.start("training")  # its outputs are being rewritten: the old record is not to be trusted meanwhile
+    chief = strategy.extended.should_checkpoint  # False only on a multi_worker worker that is not the chief
+    if chief:
+        run.start("training")  # its outputs are being rewritten: the old record is not to be trusted meanwhile
     manifest = data_loading.load_manifest(run)
     num_classes, size = len(manifest["classes"]), manifest["image_size"]
     replicas = strategy.num_replicas_in_sync
@@ -263,20 +273,21 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
     resumed = has_state and saved == current
     if has_state and not resumed:
         log(f"{arch}: the saved training state is from another dataset, class weights or settings; starting fresh.")
-    if not resumed:  # a fresh start: an old state, log or checkpoint would mix two trainings
+    if chief and not resumed:  # a fresh start: an old state, log or checkpoint would mix two trainings
         shutil.rmtree(paths["state"], ignore_errors=True)
         paths["log"].unlink(missing_ok=True)
         shutil.rmtree(paths["best"].parent, ignore_errors=True)
         write_json(paths["fingerprint"], current)
-    for folder in (paths["state"], paths["log"].parent, paths["best"].parent):
-        folder.mkdir(parents=True, exist_ok=True)
+    if chief:
+        for folder in (paths["state"], paths["log"].parent, paths["best"].parent):
+            folder.mkdir(parents=True, exist_ok=True)
     best_so_far = max((row[MONITOR] for row in _logged_epochs(paths["log"])), default=None)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(paths["state"])),
         keras.callbacks.ModelCheckpoint(str(paths["best"]), monitor=MONITOR, mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
-        keras.callbacks.CSVLogger(str(paths["log"]), append=True),
+        *([keras.callbacks.CSVLogger(str(paths["log"]), append=True)] if chief else []),  # Keras would not move it aside
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
         _schedule(cfg),
         *([TimeBudget(cfg.train.time_budget_minutes)] if cfg.train.time_budget_minutes else []),
@@ -302,18 +313,21 @@ def export_float32(model, arch: str, cfg, num_classes: int, input_size: int):
 
 
 def finish(model, plan: Plan, cfg, run: RunDir, seconds: float) -> dict:
-    """Keep the best epoch's weights, save them as ``models/ARCH.keras`` with its sidecar, and summarise."""
-    arch = plan.arch
+    """Keep the best epoch's weights, save them as ``models/ARCH.keras`` with its sidecar, and summarise.
+
+    On a cluster every worker loads the chief's best checkpoint, once the chief has written it,
+    and reads the weights (batch-norm statistics are averaged over the workers, which all take
+    part); only the chief writes the model and its history.
+    """
+    arch, strategy = plan.arch, model.distribute_strategy
+    strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.constant(1))), axis=None)  # a barrier: fit is over everywhere
     if plan.paths["best"].with_suffix(".index").exists():
         model.load_weights(str(plan.paths["best"])).expect_partial()
     manifest = data_loading.load_manifest(run)
     export = export_float32(model, arch, cfg, plan.num_classes, plan.input_size)
-    model_path = run.path("models", f"{arch}.keras")
-    atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
     info = {"architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
             "colors": manifest["colors"], "normalization": plan.normalization,
             "input_size": plan.input_size, "pixel_scale": manifest["pixel_scale"]}
-    write_json(model_path.with_suffix(".json"), info)  # what prediction needs, beside the model
     epochs = _logged_epochs(plan.paths["log"])
     summary = {
         **info, "model": f"models/{arch}.keras", "epochs": len(epochs), "resumed": plan.resumed,
@@ -321,6 +335,11 @@ def finish(model, plan: Plan, cfg, run: RunDir, seconds: float) -> dict:
         "precision": keras.mixed_precision.global_policy().name,
         "best_val_mean_iou": max((e[MONITOR] for e in epochs), default=None),
     }
+    if not strategy.extended.should_checkpoint:
+        return summary
+    model_path = run.path("models", f"{arch}.keras")
+    atomic_file(model_path, lambda tmp: export.save(str(tmp)))  # tmp ends in .keras, as Keras requires
+    write_json(model_path.with_suffix(".json"), info)  # what prediction needs, beside the model
     write_json(run.path("history", f"{arch}.json"), {"summary": summary, "epochs": epochs})
     return summary
 
@@ -338,6 +357,24 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     model.fit(plan.train, validation_data=plan.val, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
               callbacks=plan.callbacks, verbose=2)
     return finish(model, plan, cfg, run, time.perf_counter() - start)
+
+
+def train_as_worker(cfg, run: RunDir, log=print) -> None:
+    """A ``multi_worker`` worker other than the chief: notebook 03's training steps, and nothing else.
+
+    The chief runs notebook 03 and writes the run folder; every other worker must run the
+    same collective steps (creating the variables, each batch, each checkpoint), so it runs
+    the notebook's cells through :func:`train_model`, without the figures and the record.
+    """
+    from seglab import class_weights
+
+    weights = class_weights.load_class_weights(run)["weights"]  # before the strategy: a missing input fails at once
+    set_precision(cfg.train.mixed_precision)
+    strategy = choose_strategy(cfg.train.strategy)
+    log(f"worker {strategy.cluster_resolver.task_id} of a cluster of {strategy.num_replicas_in_sync} replicas")
+    for arch in cfg.model.architectures:
+        summary = train_model(arch, cfg, run, weights, strategy, log=log)
+        log(f"{arch}: {summary['replicas']} replicas trained for {summary['seconds']} s; the chief saved the model")
 
 
 def record(cfg, run: RunDir, summaries: dict) -> None:
