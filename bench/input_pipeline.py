@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from seglab import class_weights, data_loading, pipeline, training
+from seglab import class_weights, data_loading, pipeline, planning, training
 from seglab.artifacts import open_run
 from seglab.backend import tf
 
@@ -32,6 +32,7 @@ def main():
     args = parser.parse_args()
     cfg, run = open_run(args.config)
     manifest = data_loading.load_manifest(run)
+    cfg = planning.resolve(cfg, manifest["plan"])
     weights = class_weights.load_class_weights(run)["weights"]
     training.set_precision(cfg.train.mixed_precision)  # time what training would run
     n, batch = len(manifest["classes"]), cfg.train.batch_size

@@ -17,7 +17,7 @@ import typing
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -36,6 +36,10 @@ class ConfigError(ValueError):
     pass
 
 
+AUTO = "auto"
+Auto = Literal["auto"]  # a setting that notebook 01 derives from the dataset by written rules (seglab.planning)
+
+
 # --- input sizes: pure arithmetic, so the config can be checked before TensorFlow loads ---
 
 PSPNET_MULTIPLE = {4: 24, 8: 48, 16: 96}  # the pyramid pools need these divisors at each downsample factor
@@ -51,11 +55,16 @@ def input_multiple(arch: str, downsample_factor: int = 8) -> int:
     return 32  # five stride-2 stages in every encoder
 
 
+def common_multiple(architectures: list, downsample_factor: int = 8) -> int:
+    """The step of the input sizes that every one of ``architectures`` takes: the lcm of their multiples."""
+    return math.lcm(*(input_multiple(arch, downsample_factor) for arch in architectures))
+
+
 def check_input_size(architectures: str | list, size: int, downsample_factor: int = 8) -> None:
     """Reject a size that an architecture cannot take, up front, with the nearest sizes that fit them all."""
     archs = [architectures] if isinstance(architectures, str) else list(architectures)
     multiples = {arch: input_multiple(arch, downsample_factor) for arch in archs}
-    multiple = math.lcm(*multiples.values())
+    multiple = common_multiple(archs, downsample_factor)
     if size % multiple == 0:
         return
 
@@ -91,8 +100,8 @@ class DataConfig:
     base_url: Optional[str] = None  # mirror for a public dataset (tests serve one on 127.0.0.1)
     max_images: Optional[int] = None  # speed knob: a seeded random N of the source images
     demo: DemoData = field(default_factory=DemoData)
-    image_size: int = 96  # side of the square model input; a multiple of 32 (unet, fpn) and 48 (pspnet)
-    mode: str = "resize"  # resize | tile
+    image_size: int | Auto = 96  # side of the square model input; a multiple of 32 (unet, fpn) and 48 (pspnet)
+    mode: str = "resize"  # resize | tile | auto
     tile_overlap: float = 0.25
     train_tiles: str = "precomputed"  # tile mode: precomputed | random_crops (of the full-size training images)
     val_fraction: float = 0.15
@@ -118,8 +127,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 8  # per replica
-    epochs: int = 10
+    batch_size: int | Auto = 8  # per replica
+    epochs: int | Auto = 10  # auto: until time_budget_minutes runs out
     learning_rate: float = 1e-3
     schedule: str = "plateau"  # plateau | cosine
     loss: str = "dice+focal"  # dice | dice+focal | dice+crossentropy
@@ -217,18 +226,29 @@ def _leaves(section, where: str = ""):
             yield f"{where}{f.name}", section, f.name, hints[f.name]
 
 
-def _optional(hint):
-    """X for Optional[X] or X | None, else None."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+def _union_with(hint, member):
+    """X for the union of X and ``member`` (X | None, X | Auto), else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and member in args:
+        (inner,) = [a for a in args if a != member]
         return inner
     return None
+
+
+def _optional(hint):
+    return _union_with(hint, type(None))
+
+
+def _auto_or(hint):
+    return _union_with(hint, Auto)
 
 
 def _typed(value, hint):
     """``value`` as the declared type, allowing YAML's own readings only: an int is a float, a bool is no int."""
     if _optional(hint) is not None:
         return None if value is None else _typed(value, _optional(hint))
+    if _auto_or(hint) is not None:
+        return value if value == AUTO else _typed(value, _auto_or(hint))
     if typing.get_origin(hint) is list:
         if not isinstance(value, list):
             raise _WrongType
@@ -244,6 +264,8 @@ def _typed(value, hint):
 def _describe(hint, plural: bool = False) -> str:
     if _optional(hint) is not None:
         return f"{_describe(_optional(hint))} or null"
+    if _auto_or(hint) is not None:
+        return f"{_describe(_auto_or(hint))} or auto"
     if typing.get_origin(hint) is list:
         return f"a list of {_describe(typing.get_args(hint)[0], plural=True)}"
     return _TYPE_NAMES[hint][plural]
@@ -277,7 +299,7 @@ _POSITIVE = (lambda v: v > 0), "a positive integer"
 _OVERLAP = (lambda v: 0 <= v < 1), "a number in [0, 1)"
 _FRACTION = (lambda v: 0 < v < 1), "a fraction in (0, 1)"
 
-# key: (test, what is accepted); a null in an Optional field is not tested
+# key: (test, what is accepted); a null in an Optional field and an auto in an Auto one are not tested
 RULES = {
     "seed": ((lambda v: 0 <= v < 2**32), "an integer from 0 to 2**32 - 1"),
     "data.source": _one_of("demo", "folder", "oxford_pets"),
@@ -287,7 +309,7 @@ RULES = {
     "data.demo.num_images": _POSITIVE,
     "data.demo.image_size": _POSITIVE,
     "data.image_size": _POSITIVE,
-    "data.mode": _one_of("resize", "tile"),
+    "data.mode": _one_of("resize", "tile", AUTO),
     "data.tile_overlap": _OVERLAP,
     "data.train_tiles": _one_of("precomputed", "random_crops"),
     "data.val_fraction": _FRACTION,
@@ -333,10 +355,10 @@ def validate(cfg: Config) -> Config:
             setattr(section, name, _typed(value, hint))
         except _WrongType:
             raise ConfigError(f"{key}={_show(value)} must be {_describe(hint)}") from None
-    for key, section, name, _ in leaves:
+    for key, section, name, hint in leaves:
         value = getattr(section, name)
         test, accepted = RULES.get(key, (None, None))
-        if test and value is not None and not test(value):
+        if test and value is not None and not (value == AUTO and _auto_or(hint)) and not test(value):
             raise ConfigError(f"{key}={_show(value)} must be {accepted(value) if callable(accepted) else accepted}")
     data = cfg.data
     if data.val_fraction + data.test_fraction >= 1:
@@ -345,7 +367,14 @@ def validate(cfg: Config) -> Config:
     if data.train_tiles == "random_crops" and data.mode != "tile":
         raise ConfigError(f"data.train_tiles=random_crops needs data.mode=tile, not {data.mode}: resized images are "
                           "already the model's input, with nothing to crop")
-    check_input_size(cfg.model.architectures, data.image_size, cfg.model.pspnet_downsample_factor)
+    if data.image_size != AUTO:  # an auto size is checked when notebook 01 has chosen it
+        check_input_size(cfg.model.architectures, data.image_size, cfg.model.pspnet_downsample_factor)
+    if cfg.train.epochs == AUTO and not cfg.train.time_budget_minutes:
+        raise ConfigError("train.epochs=auto trains until train.time_budget_minutes runs out, "
+                          "so it needs one: set train.time_budget_minutes or a number of epochs")
+    if cfg.train.epochs == AUTO and cfg.train.schedule == "cosine":
+        raise ConfigError("train.epochs=auto cannot drive train.schedule=cosine, which decays over a known number "
+                          "of epochs: use train.schedule=plateau or a number of epochs")
     if data.source == "folder":
         _check_folder_source(data.root)
     if cfg.inference.input and not Path(cfg.inference.input).exists():

@@ -10,8 +10,10 @@ folder may live on Google Drive, which is slow with many small files):
   its original size with its mask (evaluation scores at the user's resolution); see
   :func:`original_pairs`; for train too with ``data.train_tiles: random_crops`` (training crops them);
 - ``dataset/dataset.json``: classes, colours, split membership, shard names, pixel counts
-  without the ignored pixels, and ``ignore_index`` (255 when the source declares an ignore
-  label, else null).
+  without the ignored pixels, ``ignore_index`` (255 when the source declares an ignore
+  label, else null), and ``plan``: the settings left as ``auto``, decided from the data;
+- ``dataset/fingerprint.json``: what the source images are (sizes, channels, intensities,
+  class frequencies), from which :mod:`seglab.planning` decides them.
 
 A split's shards hold consecutive source images (a few tens of MB each, at most
 ``MAX_SHARDS``), so reading them in order gives the sorted order; training shuffles files
@@ -40,14 +42,14 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from seglab import colab, demo_data, sources
-from seglab.artifacts import MissingInput, RunDir, atomic_dir, atomic_file
+from seglab import colab, demo_data, planning, sources
+from seglab.artifacts import MissingInput, RunDir, atomic_dir, atomic_file, write_json
 from seglab.backend import tf
-from seglab.config import Config
+from seglab.config import Config, check_input_size
 
 SPLITS = ("train", "val", "test")
 ORIGINAL_SPLITS = ("val", "test")  # kept at their original size for scoring
-LAYOUT_VERSION = 2  # part of the fingerprint: bump it whenever prepare_dataset writes something different
+LAYOUT_VERSION = 3  # part of the fingerprint: bump it whenever prepare_dataset writes something different
 SHARD_BYTES = 64 * 2**20  # aimed size of one shard file, estimated from the source files' sizes
 MAX_SHARDS = 32  # per split and kind, however large the dataset
 PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction",
@@ -280,15 +282,15 @@ class _ShardWriter:
             self.writer = None
 
 
-def _fingerprint(cfg: Config, root: Path, pairs: list) -> str:
+def _fingerprint(cfg: Config, root: Path, pairs: list, decisions: dict) -> str:
     """What the processed dataset depends on: each source file's name, size and modification time
     (reading every pixel again would cost what it saves), classes.json, the data settings that
-    shape the dataset, the seed, and the layout version of this code."""
+    shape the dataset, the plan, the seed, and the layout version of this code."""
     files = [[str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns]
              for _, image, mask in pairs for path in (image, mask) for stat in [path.stat()]]
     settings = {key: getattr(cfg.data, key) for key in PREPROCESSING_KEYS}
     split_file = root / "splits.json"
-    inputs = [LAYOUT_VERSION, str(root), cfg.seed, settings, (root / "classes.json").read_text(),
+    inputs = [LAYOUT_VERSION, str(root), cfg.seed, settings, decisions, (root / "classes.json").read_text(),
               split_file.read_text() if split_file.is_file() else None, files]
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
@@ -305,20 +307,27 @@ def _unchanged(run: RunDir, fingerprint: str):
 def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
     """Run step 01 and record it; the previous dataset stays in place unless every input is good.
 
-    Pairs are processed in threads (the image codecs and OpenCV release the GIL; processes
-    would fork a kernel that may hold TensorFlow), a bounded window of them at a time, and
-    written into a few shard files per split. When no input changed since the recorded run,
-    the dataset is reused as it is.
+    The source is measured first (a sample of it) and the settings left as ``auto`` are decided
+    from it (:mod:`seglab.planning`); everything below runs with the decided values. Pairs are
+    processed in threads (the image codecs and OpenCV release the GIL; processes would fork a
+    kernel that may hold TensorFlow), a bounded window of them at a time, and written into a
+    few shard files per split. When no input changed since the recorded run, the dataset is
+    reused as it is.
     """
     root = resolve_source(cfg)
     classes = sources.read_classes(root / "classes.json")
     found = sources.find_pairs(root)
-    fingerprint = _fingerprint(cfg, root, found)
+    pairs = subset_sources(found, cfg.data.max_images, cfg.seed)
+    measured = planning.fingerprint(subset_sources(pairs, planning.FINGERPRINT_IMAGES, cfg.seed), classes, len(pairs),
+                                    cfg.seed)
+    decisions = planning.plan(measured, cfg, planning.gpu_memory_gb())
+    cfg = planning.resolve(cfg, decisions)
+    check_input_size(cfg.model.architectures, cfg.data.image_size, cfg.model.pspnet_downsample_factor)
+    fingerprint = _fingerprint(cfg, root, found, decisions)
     previous = _unchanged(run, fingerprint)
     if previous is not None:
         log("dataset unchanged since the last run of 01; reusing dataset/")
         return previous
-    pairs = subset_sources(found, cfg.data.max_images, cfg.seed)
     split_of, split_by = choose_split(root, [stem for stem, _, _ in found], [stem for stem, _, _ in pairs], cfg)
     n = len(classes.names)
     colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
@@ -352,6 +361,7 @@ def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
             "image_size": cfg.data.image_size,
             "mode": cfg.data.mode,
             "pixel_scale": pixel_scale(source_sizes, cfg.data.image_size, cfg.data.mode),
+            "plan": decisions,
             "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
             "seed": cfg.seed,
             "split_by": split_by,
@@ -364,8 +374,10 @@ def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
             "items": items,
         }
         (out / "dataset.json").write_text(json.dumps(manifest, indent=1))
+        write_json(out / "fingerprint.json", measured)
         run.start("data")  # every input was good: the old dataset is replaced next
-    run.record("data", {"dataset": "dataset/dataset.json"}, config=cfg)
+    run.record("data", {"dataset": "dataset/dataset.json", "fingerprint": "dataset/fingerprint.json"}, config=cfg,
+               plan={key: d["value"] for key, d in decisions.items()})
     return manifest
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab import architectures, class_weights, data_loading, pipeline
+from seglab import architectures, class_weights, data_loading, pipeline, planning
 from seglab.artifacts import MissingInput, RunDir, atomic_file, read_json, write_json
 from seglab.backend import keras, sm, tf
 from seglab.config import check_input_size
@@ -230,7 +230,8 @@ def rare_classes(manifest: dict, cfg, log=print) -> list[int]:
 
 
 def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print) -> Plan:
-    """Input pipelines, callbacks and the resume decision for one architecture.
+    """Input pipelines, callbacks and the resume decision for one architecture; ``cfg`` with its
+    auto settings resolved (:func:`planning.resolve`).
 
     Training resumes from ``train_state/ARCH`` only when that state was saved for the same
     dataset, class weights and settings; otherwise it starts fresh and says so.
@@ -346,6 +347,7 @@ def finish(model, plan: Plan, cfg, run: RunDir, seconds: float) -> dict:
 
 def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra_callbacks=(), log=print) -> dict:
     """Notebook 03's cells for one architecture in one call (tests and benchmarks use it)."""
+    cfg = planning.resolve(cfg, data_loading.load_manifest(run)["plan"])
     strategy = strategy or choose_strategy(cfg.train.strategy)
     plan = prepare(arch, cfg, run, strategy, extra_callbacks, log)
     with strategy.scope():

@@ -18,7 +18,7 @@ def test_demo_and_colab_configs_load_with_typed_sections():
     demo = load_config(REPO / "configs" / "demo.yaml")
     colab = load_config(REPO / "configs" / "colab_t4.yaml")
     assert demo.data.source == "demo" and demo.model.encoder_weights is None
-    assert colab.model.encoder_weights == "imagenet" and colab.data.image_size > demo.data.image_size
+    assert colab.model.encoder_weights == "imagenet" and colab.model.backbone != demo.model.backbone
     assert isinstance(demo.train.epochs, int) and isinstance(demo.train.learning_rate, float)
 
 
@@ -124,6 +124,15 @@ WRONG = {
                                        "data.train_tiles=random_crops needs data.mode=tile, not resize"),
     "unknown sampling": (["train.sampling=oversample"], "train.sampling='oversample' must be one of none, rare"),
     "rare share of 1": (["train.rare_share=1"], "train.rare_share=1.0 must be a fraction in (0, 1)"),
+    "size neither a number nor auto": (["data.image_size=big"], "data.image_size='big' must be an integer or auto"),
+    "auto misspelt": (["train.batch_size=Auto"], "train.batch_size='Auto' must be an integer or auto"),
+    "unknown mode": (["data.mode=crop"], "data.mode='crop' must be one of resize, tile, auto"),
+    "auto epochs without a budget": (["train.epochs=auto"], "train.epochs=auto trains until "
+                                     "train.time_budget_minutes runs out, so it needs one"),
+    "auto epochs with cosine": (["train.epochs=auto", "train.time_budget_minutes=5", "train.schedule=cosine"],
+                                "train.epochs=auto cannot drive train.schedule=cosine"),
+    "auto where no rule decides": (["data.source=auto"], "data.source='auto' must be one of demo, folder, oxford_pets"),
+    "auto for a number": (["train.learning_rate=auto"], "train.learning_rate='auto' must be a number"),
     "name not a string": (["name=[a]"], "name=['a'] must be a string"),
 }
 
@@ -159,11 +168,20 @@ def test_a_wrong_setting_stops_before_anything_is_written(case, tmp_path):
     ("class_weights.max_ratio=1", "class_weights.max_ratio", 1.0),
     ("model.backbone=efficientnetb0", "model.backbone", "efficientnetb0"),
     ("data.tile_overlap=0", "data.tile_overlap", 0.0),
+    ("data.image_size=auto", "data.image_size", "auto"),
+    ("data.mode=auto", "data.mode", "auto"),
+    ("train.batch_size=auto", "train.batch_size", "auto"),
+    ("train.batch_size=3", "train.batch_size", 3),
 ])
 def test_good_settings_load_in_their_declared_types(override, attribute, value):
     section, name = attribute.split(".")
     loaded = getattr(getattr(load_config(DEMO, [override]), section), name)
     assert loaded == value and type(loaded) is type(value)
+
+
+def test_auto_epochs_load_with_a_time_budget():
+    cfg = load_config(DEMO, ["train.epochs=auto", "train.time_budget_minutes=30"])
+    assert cfg.train.epochs == "auto" and cfg.train.time_budget_minutes == 30.0
 
 
 def test_deeplab_alone_takes_a_multiple_of_16():

@@ -67,7 +67,7 @@ def test_demo_source_end_to_end_writes_the_manifest(make_config):
     run = RunDir(cfg.run_dir)
     manifest = data_loading.prepare_dataset(cfg, run)
     assert manifest["classes"][0] == "background" and len(manifest["classes"]) == 4
-    assert run.require("data")["outputs"] == {"dataset": "dataset/dataset.json"}
+    assert run.require("data")["outputs"] == {"dataset": "dataset/dataset.json", "fingerprint": "dataset/fingerprint.json"}
     assert data_loading.load_manifest(run)["items"] == manifest["items"]
     assert set(manifest["splits"]) == {"train", "val", "test"}
     samples = list(data_loading.read_samples(data_loading.split_shards(run, manifest, "train")))
@@ -309,7 +309,7 @@ def test_the_dataset_is_a_few_shard_files_whatever_its_size(tmp_path, make_confi
     run = RunDir(cfg.run_dir)
     manifest = data_loading.prepare_dataset(cfg, run)
     names = sorted(p.name for p in run.path("dataset").iterdir())
-    assert names == ["dataset.json", "test-00000-of-00001.tfrecord", "test-originals-00000-of-00001.tfrecord",
+    assert names == ["dataset.json", "fingerprint.json", "test-00000-of-00001.tfrecord", "test-originals-00000-of-00001.tfrecord",
                      "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord",
                      "val-originals-00000-of-00001.tfrecord"]
     monkeypatch.setattr(data_loading, "SHARD_BYTES", 1)
@@ -317,7 +317,7 @@ def test_the_dataset_is_a_few_shard_files_whatever_its_size(tmp_path, make_confi
     manifest = data_loading.prepare_dataset(make_config("data.source=folder", f"data.root={root}",
                                                         "data.image_size=32", "seed=1"), run)
     assert manifest["shards"]["train"] == data_loading.shard_names("train", 3)
-    assert len(list(run.path("dataset").iterdir())) == 1 + 3 * 5
+    assert len(list(run.path("dataset").iterdir())) == 2 + 3 * 5
     for split in data_loading.SPLITS:
         ids = [i for i, _, _ in data_loading.read_samples(data_loading.split_shards(run, manifest, split), images=False)]
         assert ids == data_loading.split_ids(manifest, split)  # consecutive sources per shard: the sorted order
