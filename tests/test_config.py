@@ -120,7 +120,7 @@ WRONG = {
     "zero inference batch": (["inference.batch_size=0"], "inference.batch_size=0 must be a positive integer"),
     "no such inference input": (["inference.input=/no/such/photo.png"], "inference.input=/no/such/photo.png: no such"),
     "negative seed": (["seed=-1"], "seed=-1 must be an integer from 0"),
-    "random crops of resized images": (["data.train_tiles=random_crops"],
+    "random crops of resized images": (["data.train_tiles=random_crops", "data.mode=resize"],
                                        "data.train_tiles=random_crops needs data.mode=tile, not resize"),
     "unknown sampling": (["train.sampling=oversample"], "train.sampling='oversample' must be one of none, rare"),
     "rare share of 1": (["train.rare_share=1"], "train.rare_share=1.0 must be a fraction in (0, 1)"),
