@@ -51,7 +51,9 @@ def input_normalization(image: dict, backbone: str) -> dict:
 
 
 def normalize(images, norm: dict):
-    images = tf.gather(tf.cast(images, tf.float32), norm["order"], axis=-1)
+    images = tf.cast(images, tf.float32)
+    if norm["order"] != sorted(norm["order"]):  # TFLite would gather before the cast, and gathers no uint16
+        images = tf.gather(images, norm["order"], axis=-1)
     return images * tf.constant(norm["scale"]) + tf.constant(norm["offset"])
 
 
