@@ -98,7 +98,8 @@ class Exporter:
     def _write_sidecar(self, output_dir: Path) -> None:
         info, size, image = self.info, self.info["input_size"], self.image
         rgb = image["dtype"] == "uint8" and image["channels"] == 3
-        stretched = {"intensity": "stretch each channel to 0-255 by its 0.5 and 99.5 percentiles, per image, first"}
+        stretched = {"intensity": "16-bit and float images: first stretch each channel to 0-255 by its own 0.5 and 99.5 "
+                                  "percentiles"}
         write_json(output_dir / f"{self.model_path.stem}.json", {
             "architecture": info["architecture"], "backbone": info["backbone"], "classes": info["classes"],
             "colors": info["colors"], "pixel_scale": info.get("pixel_scale", [1.0, 1.0]),
