@@ -107,6 +107,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     group_pattern: Optional[str] = None  # regex whose first group names an image's group (patient, scan, video)
+    channels: Optional[int] = None  # null: the most any image has (grey 1, RGB 3, a TIFF's pages x samples, .npy)
+    intensity: str = "dataset"  # 16-bit and float images: dataset (train-split statistics) | per_image (stretch)
     augment: bool = True
 
 
@@ -316,6 +318,8 @@ RULES = {
     "data.test_fraction": _FRACTION,
     "data.group_pattern": (_is_group_pattern, "a regular expression with a group that names the image's group, "
                                               r"such as '^(case\d+)_'"),
+    "data.channels": ((lambda v: v >= 1), "a positive integer, or null for as many as the images have"),
+    "data.intensity": _one_of("dataset", "per_image"),
     "class_weights.scheme": _one_of(*WEIGHT_SCHEMES),
     "class_weights.max_ratio": ((lambda v: v >= 1), "at least 1, or null for no clipping"),
     "model.architectures": ((lambda v: v and len(set(v)) == len(v) and set(v) <= set(ARCHITECTURES)),

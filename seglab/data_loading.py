@@ -4,14 +4,16 @@ Output in the run folder, a bounded number of files whatever the dataset's size 
 folder may live on Google Drive, which is slow with many small files):
 
 - ``dataset/{split}-00000-of-000NN.tfrecord`` for ``split`` in train, val, test: the samples at
-  the model's input size, each a ``tf.train.Example`` with ``id``, ``image`` (RGB PNG) and
+  the model's input size, each a ``tf.train.Example`` with ``id``, ``image`` (see :func:`encode_image`) and
   ``mask`` (PNG of class indices, ``sources.IGNORE`` = 255 for ignored pixels);
 - ``dataset/{split}-originals-00000-of-000NN.tfrecord`` for val and test: each source image at
   its original size with its mask (evaluation scores at the user's resolution); see
   :func:`original_pairs`; for train too with ``data.train_tiles: random_crops`` (training crops them);
 - ``dataset/dataset.json``: classes, colours, split membership, shard names, pixel counts
   without the ignored pixels, ``ignore_index`` (255 when the source declares an ignore
-  label, else null), and ``plan``: the settings left as ``auto``, decided from the data;
+  label, else null), ``plan``: the settings left as ``auto``, decided from the data, and ``image``:
+  the channels, depth and encoding of the stored images and the training split's per-channel mean,
+  standard deviation, minimum and maximum;
 - ``dataset/fingerprint.json``: what the source images are (sizes, channels, intensities,
   class frequencies), from which :mod:`seglab.planning` decides them.
 
@@ -53,7 +55,7 @@ LAYOUT_VERSION = 3  # part of the fingerprint: bump it whenever prepare_dataset 
 SHARD_BYTES = 64 * 2**20  # aimed size of one shard file, estimated from the source files' sizes
 MAX_SHARDS = 32  # per split and kind, however large the dataset
 PREPROCESSING_KEYS = ("source", "max_images", "image_size", "mode", "tile_overlap", "val_fraction", "test_fraction",
-                      "group_pattern", "train_tiles")
+                      "group_pattern", "train_tiles", "channels", "intensity")
 DEFAULT_COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
 
@@ -84,11 +86,18 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return starts + [length - tile]
 
 
+def resize_image(image: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:
+    """``cv2.resize`` for (H, W, C) of any C: OpenCV drops a single channel's axis and area-averages at most 4."""
+    parts = [cv2.resize(image[..., i:i + 4], (width, height), interpolation=interpolation)
+             for i in range(0, image.shape[2], 4)]
+    return np.concatenate([part.reshape(height, width, -1) for part in parts], axis=2)
+
+
 def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Image by area or linear, mask by centre-aligned nearest: INTER_NEAREST samples pixel corners
     and would shift the mask by up to half an output pixel against its image."""
     shrink = image.shape[0] * image.shape[1] > size * size
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    image = resize_image(image, size, size, cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return image, cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
@@ -227,25 +236,76 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def png_encodable(dtype, channels: int) -> bool:
+    return np.dtype(dtype) in (np.uint8, np.uint16) and channels <= 4
+
+
+def encode_image(image: np.ndarray) -> bytes:
+    """PNG where PNG holds the image (1 to 4 channels of 8 or 16 bits, compressed losslessly), else the
+    tensor itself (``tf.io.serialize_tensor``: any number of channels, float intensities)."""
+    if png_encodable(image.dtype, image.shape[2]):
+        return tf.io.encode_png(image).numpy()
+    return tf.io.serialize_tensor(image).numpy()
+
+
+_TENSOR_PROTO = type(tf.make_tensor_proto(0))  # TensorProto, reached without importing TensorFlow's internals
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """What :func:`encode_image` stored; both encodings say their own depth and shape (PNG's bit depth is byte 24)."""
+    if data.startswith(b"\x89PNG"):
+        return tf.io.decode_png(data, dtype=tf.uint16 if data[24] == 16 else tf.uint8).numpy()
+    return tf.make_ndarray(_TENSOR_PROTO.FromString(data))
+
+
+def image_spec(paths: list[Path], data) -> dict:
+    """What every image is brought to, from the files' headers: ``data.channels`` or the most any image has
+    (grey images among RGB ones are repeated), and the widest depth (8-bit, 16-bit, float), or 8-bit when
+    ``data.intensity`` is ``per_image``; and how the shards encode it."""
+    formats = [sources.image_format(path) for path in paths]
+    channels = data.channels or max(c for c, _ in formats)
+    dtype = np.dtype(np.uint8) if data.intensity == "per_image" else np.result_type(*(d for _, d in formats))
+    return {"channels": channels, "dtype": dtype.name, "intensity": data.intensity,
+            "encoding": "png" if png_encodable(dtype, channels) else "tensor"}
+
+
+def channel_moments(image: np.ndarray) -> np.ndarray:
+    """Per channel (columns): pixel count, mean, sum of squared deviations, minimum, maximum (rows)."""
+    pixels = image.reshape(-1, image.shape[2])
+    mean = pixels.mean(0, dtype=np.float64)
+    squares = ((pixels - mean) ** 2).sum(0)
+    return np.stack([np.full(mean.shape, len(pixels), np.float64), mean, squares, pixels.min(0), pixels.max(0)])
+
+
+def merge_moments(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
+    """The moments of two sets of pixels together (Chan et al.'s pairwise update: exact, no large sums squared)."""
+    if a is None:
+        return b
+    n, delta = a[0] + b[0], b[1] - a[1]
+    return np.stack([n, a[1] + delta * b[0] / n, a[2] + b[2] + delta ** 2 * a[0] * b[0] / n,
+                     np.minimum(a[3], b[3]), np.maximum(a[4], b[4])])
+
+
 def _example(item_id: str, image_png: bytes, mask_png: bytes) -> bytes:
     feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
                for key, value in (("id", item_id.encode()), ("image", image_png), ("mask", mask_png))}
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def _process_pair(pair, classes: sources.ClassInfo, data, keep_original: bool):
+def _process_pair(pair, classes: sources.ClassInfo, data, keep_original: bool, spec: dict):
     """Read, check and cut one source pair; return its stem, size, pieces (id, origin, record), pixels
-    per class and, for val and test, the original as a record. Runs in a worker thread: what comes
-    back is compressed (PNG), and only a bounded window of pairs is in flight."""
+    per class, for val and test the original as a record, and its :func:`channel_moments`. Runs in a
+    worker thread: what comes back is compressed (PNG), and only a bounded window of pairs is in flight."""
     stem, image_path, mask_path = pair
-    image, mask = sources.read_pair(image_path, mask_path, classes)
-    original = _example(stem, _png(image), _png(mask)) if keep_original else None
+    image, mask = sources.read_pair(image_path, mask_path, classes, spec["channels"], spec["intensity"])
+    image = image.astype(spec["dtype"], copy=False)
+    original = _example(stem, encode_image(image), _png(mask)) if keep_original else None
     pieces, pixels = [], np.zeros(len(classes.names), np.int64)
     for origin, img, msk in preprocess(image, mask, data.image_size, data.mode, data.tile_overlap):
         item_id = stem if origin is None else f"{stem}_y{origin[0]}_x{origin[1]}"
         pixels += np.bincount(msk.ravel(), minlength=sources.IGNORE + 1)[: len(classes.names)]
-        pieces.append((item_id, None if origin is None else list(origin), _example(item_id, _png(img), _png(msk))))
-    return stem, list(mask.shape), pieces, pixels, original
+        pieces.append((item_id, None if origin is None else list(origin), _example(item_id, encode_image(img), _png(msk))))
+    return stem, list(mask.shape), pieces, pixels, original, channel_moments(image)
 
 
 def shard_names(kind: str, count: int) -> list[str]:
@@ -318,8 +378,9 @@ def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
     classes = sources.read_classes(root / "classes.json")
     found = sources.find_pairs(root)
     pairs = subset_sources(found, cfg.data.max_images, cfg.seed)
+    spec = image_spec([image for _, image, _ in pairs], cfg.data)
     measured = planning.fingerprint(subset_sources(pairs, planning.FINGERPRINT_IMAGES, cfg.seed), classes, len(pairs),
-                                    cfg.seed)
+                                    cfg.seed, spec["channels"])
     decisions = planning.plan(measured, cfg, planning.gpu_memory_gb())
     cfg = planning.resolve(cfg, decisions)
     check_input_size(cfg.model.architectures, cfg.data.image_size, cfg.model.pspnet_downsample_factor)
@@ -332,18 +393,21 @@ def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
     n = len(classes.names)
     colors = classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
     items, pixels = [], {s: np.zeros(n, np.int64) for s in SPLITS}
-    source_sizes = {}
+    source_sizes, moments = {}, None
     workers = os.cpu_count() or 1
     with atomic_dir(run.path("dataset")) as out, ThreadPoolExecutor(workers) as pool:
         writers = _writers(out, pairs, split_of, cfg.data)
 
         def work(pair):
-            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in original_splits(cfg.data))
+            return _process_pair(pair, classes, cfg.data, split_of[pair[0]] in original_splits(cfg.data), spec)
 
         try:
             results = _ordered_map(pool, work, pairs, 2 * workers)
-            for stem, size, pieces, counts, original in tqdm(results, total=len(pairs), desc="preprocessing"):
+            for stem, size, pieces, counts, original, image_moments in tqdm(results, total=len(pairs),
+                                                                            desc="preprocessing"):
                 split = split_of[stem]
+                if split == "train":
+                    moments = merge_moments(moments, image_moments)
                 source_sizes[stem] = size
                 pixels[split] += counts
                 writers[split].add([record for _, _, record in pieces])
@@ -362,6 +426,8 @@ def prepare_dataset(cfg: Config, run: RunDir, log=print) -> dict:
             "mode": cfg.data.mode,
             "pixel_scale": pixel_scale(source_sizes, cfg.data.image_size, cfg.data.mode),
             "plan": decisions,
+            "image": {**spec, "mean": moments[1].tolist(), "std": np.sqrt(moments[2] / moments[0]).tolist(),
+                      "min": moments[3].tolist(), "max": moments[4].tolist()},  # of the training split, per channel
             "source": {"kind": cfg.data.source, "root": str(root), "images": len(pairs), "sizes": source_sizes},
             "seed": cfg.seed,
             "split_by": split_by,
@@ -438,7 +504,7 @@ def read_samples(shards, images: bool = True):
     for record in tf.data.TFRecordDataset([str(path) for path in shards]).as_numpy_iterator():
         feature = tf.train.Example.FromString(record).features.feature
         mask = np.asarray(Image.open(io.BytesIO(feature["mask"].bytes_list.value[0])))
-        image = np.asarray(Image.open(io.BytesIO(feature["image"].bytes_list.value[0])).convert("RGB")) if images else None
+        image = decode_image(feature["image"].bytes_list.value[0]) if images else None
         yield feature["id"].bytes_list.value[0].decode(), image, mask
 
 

@@ -216,10 +216,10 @@ def baselines(cfg, run: RunDir, split: str = "val") -> dict:
     classes = manifest["classes"]
     majority = int(np.argmax(manifest["splits"]["train"]["pixels"]))
     predictors = {arch: inference.Predictor.load(run.path(s["model"])) for arch, s in training.load_training(run).items()}
-    norm = pipeline.encoder_normalization(cfg.model.backbone)
+    norm = pipeline.input_normalization(manifest["image"], cfg.model.backbone)
     for arch in cfg.model.architectures:
         untrained = training.build_model(arch, cfg.model.backbone, len(classes), manifest["image_size"], None,
-                                         cfg.model.pspnet_downsample_factor)
+                                         cfg.model.pspnet_downsample_factor, channels=manifest["image"]["channels"])
         predictors[f"{arch} untrained"] = inference.Predictor(untrained, classes, manifest["colors"], norm,
                                                               manifest["image_size"], tuple(manifest["pixel_scale"]))
 

@@ -2,11 +2,12 @@
 
 Every format holds the same graph, built by :func:`serving_module`:
 
-- input ``images``: uint8 RGB, shape (N, S, S, 3), S the model's input size. The batch N
+- input ``images``: shape (N, S, S, C), S the model's input size, C and the type as the
+  model was trained on (uint8 RGB, or e.g. uint16 or float32 bands). The batch N
   is free; height and width are fixed at S, as the model was built (use
   ``seglab predict`` or your own sliding windows for other sizes);
-- inside: the encoder's normalisation (channel order, scale, offset, read from the
-  model's ``.json`` sidecar at export time), then the network;
+- inside: the normalisation (channel order, scale, offset: the encoder's, or the training
+  split's statistics; read from the model's ``.json`` sidecar at export time), then the network;
 - outputs ``probabilities`` (float32, (N, S, S, classes), softmax) and ``classes``
   (uint8, (N, S, S), the most probable class of each pixel).
 
@@ -24,7 +25,7 @@ import numpy as np
 from seglab import pipeline
 from seglab.artifacts import RunDir, atomic_dir, atomic_file, write_json
 from seglab.backend import tf
-from seglab.inference import model_info
+from seglab.inference import RGB8_INPUT, model_info
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")  # TFLite only: float16 weights, or int8 weights with float activations
@@ -36,13 +37,13 @@ class Unavailable(RuntimeError):
     """A format that cannot be written here; the message says why and what to install."""
 
 
-def serving_module(model, normalization: dict):
-    """A ``tf.Module`` whose ``serve``: uint8 images in, normalisation and network inside, probabilities and classes out."""
-    size = model.input_shape[1]
+def serving_module(model, normalization: dict, dtype: str = "uint8"):
+    """A ``tf.Module`` whose ``serve``: images of ``dtype`` in, normalisation and network inside, probabilities and classes out."""
+    size, channels = model.input_shape[1], model.input_shape[-1]
     module = tf.Module()
     module.model = model  # tracked, so that its weights are saved with the function
 
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, channels], dtype, name="images")])
     def serve(images):
         probabilities = model(pipeline.normalize(images, normalization), training=False)
         return {"probabilities": probabilities, "classes": tf.cast(tf.argmax(probabilities, -1), tf.uint8)}
@@ -64,8 +65,9 @@ class Exporter:
 
         self.model_path = Path(model_path)
         self.info = model_info(self.model_path)
+        self.image = self.info.get("image", RGB8_INPUT)
         self.model = load_model(self.model_path)
-        self.module = serving_module(self.model, self.info["normalization"])
+        self.module = serving_module(self.model, self.info["normalization"], self.image["dtype"])
 
     def write(self, fmt: str, output_dir: str | Path | None = None, quantize: str | None = None) -> Path:
         """The export in ``output_dir`` (default ``RUN/export``), a folder for SavedModel, with ``ARCH.json`` beside it."""
@@ -90,16 +92,20 @@ class Exporter:
         return target
 
     def reference(self, images: np.ndarray) -> np.ndarray:
-        """The Keras model's probabilities for uint8 images, normalised by seglab as in training."""
+        """The Keras model's probabilities for images as the export takes them, normalised by seglab as in training."""
         return self.model.predict(pipeline.normalize(images, self.info["normalization"]), verbose=0)
 
     def _write_sidecar(self, output_dir: Path) -> None:
-        info, size = self.info, self.info["input_size"]
+        info, size, image = self.info, self.info["input_size"], self.image
+        rgb = image["dtype"] == "uint8" and image["channels"] == 3
+        stretched = {"intensity": "16-bit and float images: first stretch each channel to 0-255 by its own 0.5 and 99.5 "
+                                  "percentiles"}
         write_json(output_dir / f"{self.model_path.stem}.json", {
             "architecture": info["architecture"], "backbone": info["backbone"], "classes": info["classes"],
             "colors": info["colors"], "pixel_scale": info.get("pixel_scale", [1.0, 1.0]),
-            "input": {"name": "images", "dtype": "uint8", "shape": [None, size, size, 3], "channels": "RGB",
-                      "normalization": "inside the model"},
+            "input": {"name": "images", "dtype": image["dtype"], "shape": [None, size, size, image["channels"]],
+                      "channels": "RGB" if rgb else "in the order of the training images' channels",
+                      "normalization": "inside the model", **(stretched if image["intensity"] == "per_image" else {})},
             "outputs": {"probabilities": {"dtype": "float32", "shape": [None, size, size, len(info["classes"])]},
                         "classes": {"dtype": "uint8", "shape": [None, size, size]}},
         })

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 from PIL import Image
 from tqdm import tqdm
 
 from seglab import metrics, pipeline, plots, sources
 from seglab.artifacts import atomic_file, write_text
-from seglab.data_loading import original_pairs, tile_starts
+from seglab.data_loading import original_pairs, resize_image, tile_starts
 from seglab.demo_data import make_sample
 
 
@@ -34,6 +35,8 @@ class Predictor:
     normalization: dict
     tile: int
     scale: tuple = (1.0, 1.0)  # model pixels per source pixel, per axis, as in training
+    channels: int = 3  # what the model reads, as in training (sources.read_image)
+    intensity: str = "dataset"
 
     @classmethod
     def load(cls, model_path: str | Path, tile: int | None = None) -> "Predictor":
@@ -43,8 +46,16 @@ class Predictor:
         info = model_info(model_path)
         if tile and tile != info["input_size"]:
             raise ValueError(f"{Path(model_path).name} takes {info['input_size']} px windows; --tile {tile} does not fit it")
+        image = info.get("image", RGB8_INPUT)
         return cls(load_model(model_path), info["classes"], info["colors"], info["normalization"], info["input_size"],
-                   tuple(info.get("pixel_scale", (1.0, 1.0))))
+                   tuple(info.get("pixel_scale", (1.0, 1.0))), image["channels"], image["intensity"])
+
+    def read_image(self, path: str | Path) -> np.ndarray:
+        """An image read as the model's training images were: its channels, and its intensities if stretched."""
+        return sources.read_image(path, self.channels, self.intensity)
+
+
+RGB8_INPUT = {"channels": 3, "dtype": "uint8", "intensity": "dataset"}  # models whose sidecar predates "image"
 
 
 def model_info(model_path: str | Path) -> dict:
@@ -78,13 +89,13 @@ def predict_batch(model, batch, tta: bool = False) -> np.ndarray:
 
 def predict_image(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
                   tta: bool = False) -> np.ndarray:
-    """Per-pixel class probabilities (H, W, C) for an RGB uint8 image of any size."""
+    """Per-pixel class probabilities (H, W, classes) for an image (H, W, channels) of any size, as read by the predictor."""
     height, width = image.shape[:2]
     sy, sx = predictor.scale
     if (sy, sx) == (1.0, 1.0):
         return sliding_windows(predictor, image, overlap, batch_size, tta)
-    scaled = cv2.resize(image, (max(1, round(width * sx)), max(1, round(height * sy))),
-                        interpolation=cv2.INTER_AREA if sx * sy < 1 else cv2.INTER_LINEAR)
+    scaled = resize_image(image, max(1, round(width * sx)), max(1, round(height * sy)),
+                          cv2.INTER_AREA if sx * sy < 1 else cv2.INTER_LINEAR)
     probabilities = sliding_windows(predictor, scaled, overlap, batch_size, tta)
     return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
 
@@ -111,7 +122,8 @@ def sliding_windows(predictor: Predictor, image: np.ndarray, overlap: float, bat
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colors: list, alpha: float = 0.45) -> np.ndarray:
-    """The colour mask over the image; background (class 0) left clear."""
+    """The colour mask over the image (as :func:`plots.display` shows it); background (class 0) left clear."""
+    image = plots.display(image)
     colored = plots.colorize(mask, colors).astype(np.float32)
     blend = np.where(mask[..., None] > 0, (1 - alpha) * image + alpha * colored, image)
     return blend.astype(np.uint8)
@@ -121,6 +133,18 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     atomic_file(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def _save_image(folder: Path, stem: str, image: np.ndarray) -> Path:
+    """``image`` in a file that :func:`sources.read_image` reads back unchanged: PNG for 8-bit grey or RGB,
+    else TIFF (any depth, any number of channels)."""
+    if image.dtype == np.uint8 and image.shape[2] in (1, 3):
+        path = folder / f"{stem}.png"
+        _save_png(path, image[..., 0] if image.shape[2] == 1 else image)
+    else:
+        path = folder / f"{stem}.tif"
+        atomic_file(path, lambda tmp: tifffile.imwrite(tmp, image, photometric="minisblack", planarconfig="contig"))
+    return path
 
 
 def list_inputs(path: str | Path | list) -> list[Path]:
@@ -149,10 +173,11 @@ def example_inputs(cfg, run, manifest: dict, count: int = 3) -> list[tuple[Path,
     largest = sorted(manifest["splits"]["test"]["source_ids"], key=lambda stem: -np.prod(sizes[stem]))[:count]
     folder = run.path("inference", "test_images")
     folder.mkdir(parents=True, exist_ok=True)
+    saved = {}
     for stem, image, mask in original_pairs(run, manifest, "test", stems=largest):
-        _save_png(folder / f"{stem}.png", image)
         _save_png(folder / f"{stem}_truth.png", mask)
-    examples = [(folder / f"{stem}.png", folder / f"{stem}_truth.png") for stem in largest]
+        saved[stem] = _save_image(folder, stem, image)
+    examples = [(saved[stem], folder / f"{stem}_truth.png") for stem in largest]
     if manifest["source"]["kind"] == "demo":
         tile = manifest["image_size"]
         scene, truth = make_sample(np.random.default_rng(7), tile * 8, object_scale=tile)
@@ -176,7 +201,7 @@ def predict_folder(predictor: Predictor, inputs: str | Path | list, output: str 
     rows, failed = [], {}
     for path in tqdm(files, desc="predicting"):
         try:
-            image = sources.read_image(path)
+            image = predictor.read_image(path)
         except sources.DataError as error:
             failed[path.name] = str(error)
             log(f"skipped {error}")
@@ -201,7 +226,7 @@ def predict_folder(predictor: Predictor, inputs: str | Path | list, output: str 
 
 def _read_examples(predictor: Predictor, examples, output: Path):
     for image_path, truth_path in examples:
-        image = sources.read_image(image_path)
+        image = predictor.read_image(image_path)
         prediction = np.asarray(Image.open(Path(output) / f"{Path(image_path).stem}_mask.png"))
         truth = np.asarray(Image.open(truth_path)) if truth_path else None
         yield Path(image_path).stem, image, truth, prediction

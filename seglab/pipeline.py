@@ -1,8 +1,9 @@
 """tf.data input pipelines that stream the processed dataset from its shard files.
 
 Records are read from several shards at once, shuffled in a bounded buffer, decoded in
-parallel, augmented inside the graph (image and mask move together), normalised as the
-encoder expects, batched and prefetched; memory does not grow with the dataset.
+parallel, augmented inside the graph (image and mask move together), normalised (as the
+encoder expects for 8-bit RGB, else by the training split's statistics), batched and
+prefetched; memory does not grow with the dataset.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from seglab.sources import IGNORE
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 1024  # records (compressed samples) held for shuffling: bounded, whatever the dataset
+RGB8 = {"channels": 3, "dtype": "uint8", "encoding": "png"}  # dataset.json's "image" for 8-bit RGB
 
 
 def encoder_normalization(backbone: str) -> dict:
@@ -34,15 +36,34 @@ def encoder_normalization(backbone: str) -> dict:
     return {"order": order, "scale": scale, "offset": [float(v) for v in offset]}
 
 
+def input_normalization(image: dict, backbone: str) -> dict:
+    """How the network's inputs are scaled, as the same per-channel affine map (order, scale, offset).
+
+    8-bit RGB: the encoder's own (ImageNet statistics, which pretrained weights expect). Anything
+    else: the training split's mean and standard deviation per channel (``image`` is dataset.json's),
+    so one value means the same in every image, unlike a stretch of each image by its own range.
+    """
+    if image["dtype"] == "uint8" and image["channels"] == 3:
+        return encoder_normalization(backbone)
+    std = np.maximum(np.asarray(image["std"]), 1e-6)  # a constant channel stays finite
+    return {"order": list(range(image["channels"])), "scale": (1 / std).tolist(),
+            "offset": (-np.asarray(image["mean"]) / std).tolist()}
+
+
 def normalize(images, norm: dict):
-    images = tf.gather(tf.cast(images, tf.float32), norm["order"], axis=-1)
+    images = tf.cast(images, tf.float32)
+    if norm["order"] != sorted(norm["order"]):  # TFLite would gather before the cast, and gathers no uint16
+        images = tf.gather(images, norm["order"], axis=-1)
     return images * tf.constant(norm["scale"]) + tf.constant(norm["offset"])
 
 
-def denormalize(images, norm: dict) -> np.ndarray:
-    """Back to uint8 RGB, for looking at what the model was fed."""
-    pixels = (np.asarray(images) - np.array(norm["offset"])) / np.array(norm["scale"])
-    return np.clip(np.rint(pixels[..., np.argsort(norm["order"])]), 0, 255).astype(np.uint8)
+def denormalize(images, norm: dict, dtype: str = "uint8") -> np.ndarray:
+    """Back to the stored pixels (``dtype``, as dataset.json's ``image`` says), for looking at what the model was fed."""
+    pixels = ((np.asarray(images) - np.array(norm["offset"])) / np.array(norm["scale"]))[..., np.argsort(norm["order"])]
+    if np.dtype(dtype).kind == "f":
+        return pixels.astype(dtype)
+    limits = np.iinfo(dtype)
+    return np.clip(np.rint(pixels), limits.min, limits.max).astype(dtype)
 
 
 def labels(one_hot) -> np.ndarray:
@@ -51,21 +72,36 @@ def labels(one_hot) -> np.ndarray:
     return np.where(one_hot.sum(-1) > 0, one_hot.argmax(-1), IGNORE).astype(np.uint8)
 
 
-def _parse(record):
+def _parse(record, image: dict):
+    """Image and mask of one record; ``image`` (dataset.json's) fixes the decoder and the channels."""
     example = tf.io.parse_single_example(record, FEATURES)
-    return tf.io.decode_png(example["image"], channels=3), tf.io.decode_png(example["mask"], channels=1)
+    dtype = tf.as_dtype(image["dtype"])
+    if image["encoding"] == "png":
+        pixels = tf.io.decode_png(example["image"], channels=image["channels"], dtype=dtype)
+    else:
+        pixels = tf.io.parse_tensor(example["image"], dtype)
+    return tf.ensure_shape(pixels, [None, None, image["channels"]]), tf.io.decode_png(example["mask"], channels=1)
 
 
-def _augment(image, mask):
-    """Random flips and quarter turns applied to both, then a brightness/contrast jitter on the image."""
+def value_range(image: dict) -> tuple[list, list]:
+    """Per channel, the lowest and highest value: 0 and 255 for 8-bit, else those of the training split."""
+    if image["dtype"] == "uint8":
+        return [0.0] * image["channels"], [255.0] * image["channels"]
+    return image["min"], image["max"]
+
+
+def _augment(image, mask, low, high):
+    """Random flips and quarter turns applied to both, then a brightness (up to 20/255 of each channel's range
+    ``low``-``high``, one draw for all) and contrast jitter on the image."""
     both = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)], axis=-1)
     both = tf.image.random_flip_left_right(both)
     both = tf.image.random_flip_up_down(both)
     both = tf.image.rot90(both, tf.random.uniform([], 0, 4, tf.int32))
-    image, mask = both[..., :3], both[..., 3:]
-    image = tf.image.random_brightness(image, 20.0)
+    image, mask = both[..., :-1], both[..., -1:]
+    low, high = tf.constant(low, tf.float32), tf.constant(high, tf.float32)
+    image = image + tf.random.uniform([], -1.0, 1.0) * (high - low) * (20 / 255)
     image = tf.image.random_contrast(image, 0.8, 1.2)
-    return tf.clip_by_value(image, 0, 255), tf.cast(mask, tf.uint8)
+    return tf.clip_by_value(image, low, high), tf.cast(mask, tf.uint8)
 
 
 def _holds(record, rare):
@@ -132,7 +168,7 @@ def _records(files, training: bool, seed: int, items, shuffle_buffer: int, keep=
 
 def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training: bool = False,
                  augment: bool = False, seed: int = 0, repeat: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER,
-                 items: int | None = None, size: int | None = None, pad_to: int | None = None,
+                 items: int | None = None, size: int | None = None, pad_to: int | None = None, image: dict = RGB8,
                  crop: int | None = None, crops_per_image: int = 1, rare=(), rare_share: float = 0.0):
     """Batches of (normalised image, one-hot mask) from TFRecord shard files (notebook 01's ``dataset/``).
 
@@ -158,6 +194,8 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
     On a ``multi_worker`` cluster every worker reads all records and keeps its share of the
     batches (``DATA`` sharding): sharding by file would leave a worker without data when a split
     has fewer shard files than there are workers.
+
+    ``image``: dataset.json's description of the stored images (channels, depth, encoding, range).
     """
     files = [str(path) for path in shards]
     endless = bool(crop or len(rare))
@@ -168,13 +206,14 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
         ds = _records(files, training, seed, items, shuffle_buffer, keep)
         if repeat or endless:
             ds = ds.repeat()
-        ds = ds.map(_parse, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda record: _parse(record, image), num_parallel_calls=AUTOTUNE)
         if crop:
             ds = ds.map(lambda image, mask: _crops(image, mask, crop, crops_per_image, holding),
                         num_parallel_calls=AUTOTUNE)
             ds = ds.unbatch().shuffle(4 * crops_per_image, seed=seed)
         return ds
 
+    channels = image["channels"]
     ds = samples(seed)
     if len(rare):
         rare = tf.constant(rare, tf.uint8)
@@ -182,13 +221,14 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
     if endless and not repeat:
         ds = ds.take(items * crops_per_image)
     if size is not None:
-        ds = ds.map(lambda image, mask: (tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(mask, [size, size, 1])))
+        ds = ds.map(lambda x, mask: (tf.ensure_shape(x, [size, size, channels]), tf.ensure_shape(mask, [size, size, 1])))
     if pad_to and items and items % pad_to:
-        blank = (tf.zeros([size, size, 3], tf.uint8), tf.fill([size, size, 1], tf.constant(IGNORE, tf.uint8)))
+        blank = (tf.zeros([size, size, channels], image["dtype"]), tf.fill([size, size, 1], tf.constant(IGNORE, tf.uint8)))
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(-items % pad_to))
     if augment:
-        ds = ds.map(_augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda image, mask: (normalize(image, norm), tf.one_hot(mask[..., 0], num_classes)),
+        low, high = value_range(image)
+        ds = ds.map(lambda x, mask: _augment(x, mask, low, high), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda x, mask: (normalize(x, norm), tf.one_hot(mask[..., 0], num_classes)),
                 num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -29,7 +29,6 @@ import re
 from collections import Counter
 
 import numpy as np
-from PIL import Image
 
 from seglab import sources
 from seglab.artifacts import MissingInput, RunDir, read_json
@@ -60,18 +59,18 @@ def _spread(values) -> dict:
     return {"min": float(low), "p10": float(p10), "median": float(median), "p90": float(p90), "max": float(high)}
 
 
-def fingerprint(sample: list, classes: sources.ClassInfo, images: int, seed: int = 0) -> dict:
+def fingerprint(sample: list, classes: sources.ClassInfo, images: int, seed: int = 0, channels: int | None = None) -> dict:
     """What the data is, measured on ``sample`` (stem, image, mask) of the ``images`` source pairs:
     image sizes, channels as stored, intensities as read (over ``PIXELS_PER_IMAGE`` random pixels
-    of each image), and per class the share of labelled pixels and of images it appears in."""
+    of each image, read with ``channels`` as the shards will hold them), and per class the share of
+    labelled pixels and of images it appears in."""
     rng = np.random.default_rng(seed)
-    shapes, channels, kept = [], Counter(), []
+    shapes, stored, kept = [], Counter(), []
     pixels, present = np.zeros(len(classes.names), np.int64), np.zeros(len(classes.names), np.int64)
     for _, image_path, mask_path in sample:
-        image, mask = sources.read_pair(image_path, mask_path, classes)
+        image, mask = sources.read_pair(image_path, mask_path, classes, channels)
         shapes.append(mask.shape)
-        with Image.open(image_path) as stored:
-            channels[len(stored.getbands())] += 1
+        stored[sources.image_format(image_path)[0]] += 1
         flat = image.reshape(-1, image.shape[2])
         kept.append(flat[rng.choice(len(flat), min(len(flat), PIXELS_PER_IMAGE), replace=False)][None])
         counts = np.bincount(mask.ravel(), minlength=sources.IGNORE + 1)[: len(classes.names)]
@@ -82,7 +81,7 @@ def fingerprint(sample: list, classes: sources.ClassInfo, images: int, seed: int
         "images": images,
         "measured": len(sample),
         "size": {"height": _spread(heights), "width": _spread(widths), "short_side": _spread(np.minimum(heights, widths))},
-        "channels": {str(c): n for c, n in sorted(channels.items())},
+        "channels": {str(c): n for c, n in sorted(stored.items())},
         "intensity": intensity_stats(kept),
         "classes": {"names": classes.names, "pixel_share": (pixels / max(1, pixels.sum())).tolist(),
                     "image_share": (present / len(sample)).tolist()},

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from seglab.artifacts import RunDir, save_figure
-from seglab.sources import IGNORE
+from seglab.sources import IGNORE, stretch
 
 IGNORE_COLOR = [128, 128, 128]  # neutral grey for pixels the labels leave out
 
@@ -22,19 +22,29 @@ def colorize(mask: np.ndarray, colors: list) -> np.ndarray:
     return lut[mask]
 
 
+def display(image: np.ndarray) -> np.ndarray:
+    """A uint8 RGB view of any (H, W, C) image: the first three channels, or the first as grey when
+    there are fewer; stretched per channel (:func:`sources.stretch`) unless 8-bit."""
+    view = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
+    view = view if view.dtype == np.uint8 else stretch(view)
+    return np.repeat(view, 3 // view.shape[2], axis=2)
+
+
 def add_legend(fig, classes: list, colors: list) -> None:
     handles = [Patch(facecolor=np.array(c) / 255, edgecolor="grey", label=n) for n, c in zip(classes, colors)]
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), frameon=False, bbox_to_anchor=(0.5, -0.02))
 
 
 def image_grid(rows: list[list[np.ndarray]], titles: list[str], classes: list, colors: list, size: float = 2.4):
-    """A grid whose columns are titled; integer 2-D arrays are drawn as class colours."""
+    """A grid whose columns are titled; integer 2-D arrays are drawn as class colours, images as :func:`display` shows them."""
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(size * len(titles), size * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, panel in enumerate(row):
             ax = axes[r, c]
             if panel.ndim == 2 and panel.dtype.kind in "ui":
                 panel = colorize(panel, colors)
+            elif panel.ndim == 3:
+                panel = display(panel)
             ax.imshow(panel)
             ax.set_xticks([])
             ax.set_yticks([])

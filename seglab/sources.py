@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import tifffile
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from seglab.artifacts import atomic_dir, atomic_file
 
 IGNORE = 255  # ignored pixels in every class-index mask this package writes
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
 Image.MAX_IMAGE_PIXELS = 2**31  # aerial scenes and slides are large; Pillow's default stops at 179 MP
 
 
@@ -95,20 +97,105 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from None
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8; grey is repeated to three channels, 16-bit is stretched per image."""
+def _pillow_mode(mode: str) -> str:
+    """The mode a Pillow image is read in: grey stays one channel at its depth, anything else becomes RGB (alpha dropped)."""
+    if mode in ("L", "I", "F") or mode.startswith("I;16"):
+        return mode
+    return "L" if mode in ("1", "LA", "La") else "RGB"
+
+
+def _depth(dtype) -> np.dtype:
+    """8- and 16-bit unsigned stay as they are; any other type becomes float32, what the network computes in."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ub" and dtype.itemsize <= 2:
+        return np.dtype(np.uint8 if dtype.itemsize == 1 else np.uint16)
+    return np.dtype(np.float32)
+
+
+def _channels_last(array: np.ndarray, axes: str) -> np.ndarray:
+    """(H, W, C) from a TIFF series: every axis besides Y and X (pages, samples, channels) becomes a channel."""
+    array = np.moveaxis(array, [axes.index("Y"), axes.index("X")], [0, 1])
+    return array.reshape(*array.shape[:2], -1)
+
+
+def _tiff_series(tif: tifffile.TiffFile):
+    """The first series of a TIFF that tifffile should read: not a palette image (Pillow maps those to RGB)."""
+    return None if tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE else tif.series[0]
+
+
+def image_format(path: str | Path) -> tuple[int, np.dtype]:
+    """Channels and depth of an image as :func:`read_image` returns it by default, from the file's header alone."""
     path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return (array.shape[2] if array.ndim == 3 else 1), _depth(array.dtype)
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                series = _tiff_series(tif)
+                if series is not None:
+                    return int(np.prod(series.shape) // (series.shape[series.axes.index("Y")] *
+                                                        series.shape[series.axes.index("X")])), _depth(series.dtype)
+        with Image.open(path) as image:
+            mode = _pillow_mode(image.mode)
+    except (OSError, ValueError, SyntaxError, tifffile.TiffFileError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable or truncated image ({e})") from None
+    depth = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("I", "F") else np.uint8
+    return (3 if mode == "RGB" else 1), _depth(depth)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """The file's pixels as (H, W, C) at its own depth; tifffile for TIFFs (every page and sample), Pillow for
+    photos (with their EXIF rotation) and for TIFFs whose compression tifffile cannot decode alone."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: unreadable .npy file ({e})") from None
+        if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
+            raise DataError(f"{path}: a .npy image must be (height, width) or (height, width, channels), not {array.shape}")
+        return array.reshape(*array.shape[:2], -1)
+    if suffix in TIFF_SUFFIXES:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = _tiff_series(tif)
+                if series is not None:
+                    return _channels_last(series.asarray(), series.axes)
+        except Exception:  # LZW or JPEG without imagecodecs, or a broken file: Pillow decodes or names the problem
+            pass
     image = ImageOps.exif_transpose(_open(path))  # phone photos are stored sideways with a rotation tag
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = np.percentile(values, (0.5, 99.5))
-        values = np.clip((values - low) / max(high - low, 1e-9), 0, 1) * 255
-        array = values.astype(np.uint8)
-    else:
-        array = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return np.ascontiguousarray(array[..., :3])
+    array = np.asarray(image.convert(_pillow_mode(image.mode)) if _pillow_mode(image.mode) != image.mode else image)
+    return array.reshape(*array.shape[:2], -1)
+
+
+def stretch(image: np.ndarray) -> np.ndarray:
+    """uint8 with each channel stretched to 0-255 between its own 0.5 and 99.5 percentiles."""
+    values = image.astype(np.float64)
+    low, high = np.percentile(values.reshape(-1, values.shape[-1]), (0.5, 99.5), axis=0)
+    return (np.clip((values - low) / np.maximum(high - low, 1e-9), 0, 1) * 255).astype(np.uint8)
+
+
+def read_image(path: str | Path, channels: int | None = None, intensity: str = "dataset") -> np.ndarray:
+    """(H, W, C) pixels: uint8, uint16, or float32 for any other type; grey, RGB and palette images by Pillow,
+    multi-page and multi-sample TIFFs (each page and sample a channel) by tifffile, ``.npy`` as (H, W) or (H, W, C).
+
+    ``channels``: that many, a single channel repeated (grey in an RGB dataset), extra ones dropped.
+    ``intensity="per_image"`` stretches an image that is not 8-bit per channel (:func:`stretch`);
+    ``"dataset"`` keeps its values, for normalisation by the training split's statistics.
+    """
+    path = Path(path)
+    array = _pixels(path)
+    array = array.astype(_depth(array.dtype), copy=False)
+    have = array.shape[2]
+    if channels is not None and have != channels:
+        if have != 1 and have < channels:
+            raise DataError(f"{path}: {have} channels, but data.channels is {channels}; a grey image is repeated to "
+                            f"any number and extra channels are dropped, but {have} cannot become {channels}")
+        array = np.repeat(array, channels, axis=2) if have == 1 else array[..., :channels]
+    if intensity == "per_image" and array.dtype != np.uint8:
+        array = stretch(array)
+    return np.ascontiguousarray(array)
 
 
 def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
@@ -193,12 +280,13 @@ def image_files(folder: Path) -> dict[str, Path]:
             raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
         files[f.stem] = f
     if not files:
-        raise DataError(f"{folder}: no images (png, jpg, tif or bmp) in it")
+        raise DataError(f"{folder}: no images (png, jpg, tif, bmp or npy) in it")
     return files
 
 
-def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo) -> tuple[np.ndarray, np.ndarray]:
-    image, mask = read_image(image_path), read_mask(mask_path, classes)
+def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo, channels: int | None = None,
+              intensity: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
+    image, mask = read_image(image_path, channels, intensity), read_mask(mask_path, classes)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
     return image, mask

@@ -25,14 +25,24 @@ SM_MODELS = {"unet": sm.Unet, "fpn": sm.FPN, "pspnet": sm.PSPNet, "linknet": sm.
 MONITOR = "val_mean_iou"
 
 
+def needs_adapter(channels: int, encoder_weights) -> bool:
+    """Pretrained encoder weights expect 3 channels: other counts are mapped to 3 by a learned 1x1 convolution."""
+    return bool(encoder_weights) and channels != 3
+
+
 def build_model(arch: str, backbone: str, num_classes: int, input_size: int, encoder_weights=None,
-                downsample_factor: int = 8, batchnorm_momentum: float = 0.9, log=print):
+                downsample_factor: int = 8, batchnorm_momentum: float = 0.9, log=print, channels: int = 3,
+                adapter: bool | None = None):
     """Any architecture of ``config.ARCHITECTURES`` with any backbone, ending in a float32 softmax.
 
     U-Net, FPN, PSPNet and LinkNet come from segmentation_models, UNet++ and DeepLabV3+
     from :mod:`seglab.architectures`, on the same encoders. The softmax is a separate float32 layer so that under mixed precision the probabilities
     (and the loss) stay in float32. If the ImageNet encoder weights cannot be downloaded,
     one line says so and the model starts from random initialisation.
+
+    ``channels`` other than 3 go through ``channel_adapter``, a learned 1x1 convolution to the 3
+    channels an ImageNet encoder expects, when ``adapter`` (default: :func:`needs_adapter`); from
+    scratch the encoder takes them directly. The structure follows the config, not the download.
 
     Batch normalisation's moving statistics, which predictions use, follow the batches with
     ``batchnorm_momentum``: Keras' 0.99 leaves them far from the batches' for the first few
@@ -41,11 +51,13 @@ def build_model(arch: str, backbone: str, num_classes: int, input_size: int, enc
     """
     check_input_size(arch, input_size, downsample_factor)
     kwargs = {"downsample_factor": downsample_factor} if arch == "pspnet" else {}
+    adapter = needs_adapter(channels, encoder_weights) if adapter is None else adapter
+    shape = (input_size, input_size, 3 if adapter else channels)
 
     def make(weights):
         if arch in architectures.BUILDERS:
-            return architectures.BUILDERS[arch](backbone, (input_size, input_size, 3), num_classes, weights)
-        return SM_MODELS[arch](backbone, input_shape=(input_size, input_size, 3), classes=num_classes,
+            return architectures.BUILDERS[arch](backbone, shape, num_classes, weights)
+        return SM_MODELS[arch](backbone, input_shape=shape, classes=num_classes,
                                activation=None, encoder_weights=weights, **kwargs)
 
     try:
@@ -59,8 +71,12 @@ def build_model(arch: str, backbone: str, num_classes: int, input_size: int, enc
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = batchnorm_momentum
-    probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(base.output)
-    return keras.Model(base.input, probabilities, name=f"{arch}_{backbone}")
+    inputs, outputs = base.input, base.output
+    if adapter:
+        inputs = keras.Input((input_size, input_size, channels), name="images")
+        outputs = base(keras.layers.Conv2D(3, 1, name="channel_adapter")(inputs))
+    probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(outputs)
+    return keras.Model(inputs, probabilities, name=f"{arch}_{backbone}")
 
 
 def _download_failed(error: Exception) -> bool:
@@ -201,6 +217,7 @@ class Plan:
     arch: str
     num_classes: int
     input_size: int
+    channels: int
     normalization: dict
     train: object
     val: object
@@ -245,7 +262,7 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
     manifest = data_loading.load_manifest(run)
     num_classes, size = len(manifest["classes"]), manifest["image_size"]
     replicas = strategy.num_replicas_in_sync
-    norm = pipeline.encoder_normalization(cfg.model.backbone)
+    norm = pipeline.input_normalization(manifest["image"], cfg.model.backbone)
     crops = cfg.data.train_tiles == "random_crops"  # of the full-size training images, instead of the tiles
     if crops and "train-originals" not in manifest["shards"]:
         raise MissingInput("Run notebook 01 again: data.train_tiles=random_crops crops the full-size training images, "
@@ -261,9 +278,9 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
                                   size=size, augment=cfg.data.augment, seed=cfg.seed,
                                   repeat=cfg.train.steps_per_epoch is not None, crop=size if crops else None,
                                   crops_per_image=round(items["train"] / records), rare=rare,
-                                  rare_share=cfg.train.rare_share)
+                                  rare_share=cfg.train.rare_share, image=manifest["image"])
     val = pipeline.make_dataset(shards["val"], num_classes, norm, batch * replicas, items=items["val"], size=size,
-                                pad_to=batch * replicas if replicas > 1 else None)
+                                pad_to=batch * replicas if replicas > 1 else None, image=manifest["image"])
 
     paths = {"state": run.path("train_state", arch), "fingerprint": run.path("train_state", f"{arch}.json"),
              "log": run.path("history", f"{arch}.csv"),
@@ -294,7 +311,8 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
         *([TimeBudget(cfg.train.time_budget_minutes)] if cfg.train.time_budget_minutes else []),
         *extra_callbacks,
     ]
-    return Plan(arch, num_classes, size, norm, train, val, callbacks, resumed, batch * replicas, replicas, paths)
+    return Plan(arch, num_classes, size, manifest["image"]["channels"], norm, train, val, callbacks, resumed,
+                batch * replicas, replicas, paths)
 
 
 def export_float32(model, arch: str, cfg, num_classes: int, input_size: int):
@@ -306,7 +324,9 @@ def export_float32(model, arch: str, cfg, num_classes: int, input_size: int):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        export = build_model(arch, cfg.model.backbone, num_classes, input_size, None, cfg.model.pspnet_downsample_factor)
+        export = build_model(arch, cfg.model.backbone, num_classes, input_size, None, cfg.model.pspnet_downsample_factor,
+                             channels=model.input_shape[-1],
+                             adapter=any(layer.name == "channel_adapter" for layer in model.layers))
     finally:
         keras.mixed_precision.set_global_policy(policy)
     export.set_weights(model.get_weights())
@@ -328,7 +348,8 @@ def finish(model, plan: Plan, cfg, run: RunDir, seconds: float) -> dict:
     export = export_float32(model, arch, cfg, plan.num_classes, plan.input_size)
     info = {"architecture": arch, "backbone": cfg.model.backbone, "classes": manifest["classes"],
             "colors": manifest["colors"], "normalization": plan.normalization,
-            "input_size": plan.input_size, "pixel_scale": manifest["pixel_scale"]}
+            "input_size": plan.input_size, "pixel_scale": manifest["pixel_scale"],
+            "image": {key: manifest["image"][key] for key in ("channels", "dtype", "intensity")}}
     epochs = _logged_epochs(plan.paths["log"])
     summary = {
         **info, "model": f"models/{arch}.keras", "epochs": len(epochs), "resumed": plan.resumed,
@@ -352,7 +373,8 @@ def train_model(arch: str, cfg, run: RunDir, class_weights, strategy=None, extra
     plan = prepare(arch, cfg, run, strategy, extra_callbacks, log)
     with strategy.scope():
         model = build_model(arch, cfg.model.backbone, plan.num_classes, plan.input_size, cfg.model.encoder_weights,
-                            cfg.model.pspnet_downsample_factor, cfg.model.batchnorm_momentum, log=log)
+                            cfg.model.pspnet_downsample_factor, cfg.model.batchnorm_momentum, log=log,
+                            channels=plan.channels)
         model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
                       loss=make_loss(cfg.train.loss, class_weights), metrics=[MeanIoU(plan.num_classes)])
     start = time.perf_counter()

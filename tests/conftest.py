@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from seglab.artifacts import RunDir
@@ -12,11 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes=("background", "a", "b"), rgb_masks=False,
-                         colors=None, seed=0, grey=False, ignore=None) -> Path:
+                         colors=None, seed=0, grey=False, ignore=None, bands=None) -> Path:
     """A small dataset in the folder layout; masks hold each class in a band so counts are known.
 
     ``size`` is one (height, width) or a list of them cycled over the images (mixed sizes);
-    ``grey`` writes single-channel (L) images, ``rgb_masks`` colour masks with ``colors``.
+    ``grey`` writes single-channel (L) images, ``bands`` 16-bit multi-sample TIFFs of that many channels
+    (values in 12 bits, each band with its own offset), ``rgb_masks`` colour masks with ``colors``.
     ``ignore`` marks the column at ``w // 2`` as left out: a value for index masks (declared as
     ``ignore_index``) or, with ``rgb_masks``, an [r, g, b] colour (declared as ``ignore_color``).
     """
@@ -28,12 +30,17 @@ def write_folder_dataset(root: Path, n: int = 6, size=(40, 48), classes=("backgr
     for i in range(n):
         h, w = sizes[i % len(sizes)]
         image = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+        if bands:
+            image = (rng.integers(0, 2048, (h, w, bands)) + 512 * np.arange(bands)).astype(np.uint16)
         mask = np.zeros((h, w), np.uint8)
         mask[:, w // 2:] = 1
         mask[: h // 4, :] = len(classes) - 1
         if ignore is not None:
             mask[:, w // 2] = 255 if rgb_masks else ignore
-        Image.fromarray(image).save(root / "images" / f"img{i}.png")
+        if bands:
+            tifffile.imwrite(root / "images" / f"img{i}.tif", image, photometric="minisblack", planarconfig="contig")
+        else:
+            Image.fromarray(image).save(root / "images" / f"img{i}.png")
         if rgb_masks:
             lut = np.zeros((256, 3), np.uint8)
             lut[: len(colors)] = colors

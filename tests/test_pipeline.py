@@ -182,3 +182,45 @@ def test_each_replica_gets_the_rare_share_of_its_batch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     held = json.loads(result.stdout.split("HELD")[-1])
     assert len(held) == 10 and min(held) >= 2  # 5 global batches of 8: each replica's 4 hold 2 forced crops
+
+
+def test_inputs_other_than_8bit_rgb_are_normalised_by_the_training_split():
+    """8-bit RGB keeps the encoder's normalisation; anything else maps the training mean to 0 and std to 1."""
+    assert pipeline.input_normalization(pipeline.RGB8, "vgg16") == pipeline.encoder_normalization("vgg16")
+    pixels = np.random.default_rng(0).normal([100, 2000, 30000, 7], [5, 300, 1000, 1], (500, 4)).astype(np.float32)
+    image = {"channels": 4, "dtype": "uint16", "mean": pixels.mean(0).tolist(), "std": pixels.std(0).tolist()}
+    norm = pipeline.input_normalization(image, "vgg16")
+    x = pipeline.normalize(pixels, norm).numpy()
+    np.testing.assert_allclose(x.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(x.std(0), 1, atol=1e-3)
+    np.testing.assert_allclose(pipeline.denormalize(x, norm, "float32"), pixels, rtol=1e-5)
+
+
+def test_multiband_float_shards_decode_and_augment_within_the_training_range(tmp_path):
+    """Serialised float tensors of 5 bands come through _parse; the jitter stays inside each band's range."""
+    rng = np.random.default_rng(0)
+    samples = [((rng.normal(0, 1, (8, 8, 5)) * [1, 2, 3, 4, 5]).astype(np.float32), np.zeros((8, 8), np.uint8))
+               for _ in range(4)]
+    low, high = np.min([s[0] for s in samples], (0, 1, 2)), np.max([s[0] for s in samples], (0, 1, 2))
+    image = {"channels": 5, "dtype": "float32", "encoding": "tensor", "min": low.tolist(), "max": high.tolist()}
+    paths = [tmp_path / "train-00000-of-00001.tfrecord"]
+    with tf.io.TFRecordWriter(str(paths[0])) as writer:
+        for i, (x, m) in enumerate(samples):
+            writer.write(data_loading._example(f"s{i}", data_loading.encode_image(x), data_loading._png(m)))
+    identity = {"order": list(range(5)), "scale": [1.0] * 5, "offset": [0.0] * 5}
+    plain = np.concatenate([x for x, _ in pipeline.make_dataset(paths, 2, identity, 4, image=image)])
+    np.testing.assert_array_equal(plain, np.stack([x for x, _ in samples]))
+    for _ in range(5):
+        x, _ = next(iter(pipeline.make_dataset(paths, 2, identity, 4, training=True, augment=True, image=image)))
+        assert (x.numpy() >= low - 1e-5).all() and (x.numpy() <= high + 1e-5).all()
+
+
+def test_display_shows_any_image_as_8bit_rgb():
+    from seglab import plots
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(plots.display(rgb), rgb)
+    np.testing.assert_array_equal(plots.display(rgb[..., :1]), np.repeat(rgb[..., :1], 3, 2))
+    bands = (rgb.astype(np.uint16) * 200)[..., [0, 1, 2, 0]]
+    view = plots.display(bands)
+    assert view.dtype == np.uint8 and view.shape == (6, 6, 3) and view.min() == 0 and view.max() == 255

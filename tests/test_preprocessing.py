@@ -118,7 +118,7 @@ def test_grey_odd_and_mixed_size_images_with_colour_masks(tmp_path, make_config,
     assert len(manifest["items"]) == (6 if mode == "resize" else 2 * sum(per_source))
     assert {tuple(s) for s in manifest["source"]["sizes"].values()} == set(sizes)
     for _, image, mask in data_loading.read_samples(data_loading.split_shards(run, manifest, "train")):
-        assert image.shape == (32, 32, 3)
+        assert image.shape == (32, 32, 1) and image.dtype == np.uint8  # grey stays one channel
         assert set(np.unique(mask)) <= {0, 1, 2}
     pixels = sum(np.array(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
     assert pixels.sum() == len(manifest["items"]) * 32 * 32 and (pixels > 0).all()
@@ -337,3 +337,47 @@ def test_a_run_folder_on_drive_is_read_from_a_local_copy(tmp_path, make_config, 
     assert [c.read_bytes() for c in copies] == [s.read_bytes() for s in shards]
     local = make_config(f"run_dir={tmp_path / 'elsewhere'}")
     assert data_loading.local_shards(RunDir(local.run_dir), shards) == shards
+
+
+@pytest.mark.parametrize("case, overrides, expected", [
+    ("grey among RGB", (), (3, "uint8", "png")),
+    ("16-bit bands", (), (4, "uint16", "png")),
+    ("16-bit bands, two asked for", ("data.channels=2",), (2, "uint16", "png")),
+    ("16-bit bands, stretched", ("data.intensity=per_image",), (4, "uint8", "png")),
+    ("float bands", (), (5, "float32", "tensor")),
+])
+def test_channels_and_depth_are_detected_and_the_shards_keep_them(tmp_path, make_config, case, overrides, expected):
+    """Every image reaches the shards with the dataset's channels and depth; originals come back as read."""
+    root = write_folder_dataset(tmp_path / "d", n=8, size=[(40, 56), (70, 50)], bands=4 if "16" in case else None)
+    if case == "grey among RGB":
+        Image.open(root / "images" / "img0.png").convert("L").save(root / "images" / "img0.png")
+    if case == "float bands":
+        for i in range(8):
+            (root / "images" / f"img{i}.png").unlink()
+            h, w = [(40, 56), (70, 50)][i % 2]
+            np.save(root / "images" / f"img{i}.npy", np.random.default_rng(i).normal(0, 1, (h, w, 5)).astype(np.float32))
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32", *overrides)
+    run = RunDir(cfg.run_dir)
+    manifest = data_loading.prepare_dataset(cfg, run)
+    spec = manifest["image"]
+    assert (spec["channels"], spec["dtype"], spec["encoding"]) == expected
+    for _, image, _ in data_loading.read_samples(data_loading.split_shards(run, manifest, "train")):
+        assert image.shape == (32, 32, expected[0]) and image.dtype == expected[1]
+    for stem, image, _ in data_loading.original_pairs(run, manifest, "test"):
+        path = next((root / "images").glob(f"{stem}.*"))
+        read = sources.read_image(path, spec["channels"], spec["intensity"])
+        np.testing.assert_array_equal(image, read)  # lossless, at the original size
+
+
+def test_training_split_statistics_equal_numpys_over_the_training_images(tmp_path, make_config):
+    root = write_folder_dataset(tmp_path / "d", n=8, size=[(40, 56), (70, 50)], bands=4)
+    cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
+    manifest = data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))
+    train = manifest["splits"]["train"]["source_ids"]
+    pixels = np.concatenate([sources.read_image(root / "images" / f"{stem}.tif").reshape(-1, 4) for stem in train])
+    spec = manifest["image"]
+    np.testing.assert_allclose(spec["mean"], pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(spec["std"], pixels.std(0), rtol=1e-12)
+    np.testing.assert_array_equal(spec["min"], pixels.min(0))
+    np.testing.assert_array_equal(spec["max"], pixels.max(0))
+    assert len(train) < 8  # only the training split counts

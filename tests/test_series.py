@@ -211,3 +211,52 @@ def test_the_series_runs_on_a_users_folder_dataset(folder_run):
     assert not any(p.name.startswith("large_scene") for p in out.iterdir())  # the demo scene is for the demo only
     for name in ("01_training_samples", "05_predictions_unet", "06_predictions"):
         assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def bands_run(tmp_path_factory):
+    """A user's dataset of 4-band 16-bit multi-sample TIFFs (12-bit values, each band offset), mixed sizes."""
+    from conftest import write_folder_dataset
+
+    base = tmp_path_factory.mktemp("bands")
+    root = write_folder_dataset(base / "data", n=10, size=FOLDER_SIZES, bands=4)
+    result = _run("--run-dir", str(base / "run"), "--set", "data.source=folder", "--set", f"data.root={root}",
+                  "--set", "data.image_size=64", "--set", "model.architectures=[unet]", "--set", "train.epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "run", root
+
+
+def test_the_series_runs_on_four_band_16bit_images(bands_run):
+    run_dir, root = bands_run
+    from seglab import sources
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
+                                      "inference", "export"}
+    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    image = dataset["image"]
+    assert (image["channels"], image["dtype"], image["encoding"], image["intensity"]) == (4, "uint16", "png", "dataset")
+    train = np.concatenate([sources.read_image(root / "images" / f"{s}.tif").reshape(-1, 4)
+                            for s in dataset["splits"]["train"]["source_ids"]])
+    np.testing.assert_allclose(image["mean"], train.mean(0))
+    sidecar = json.loads((run_dir / "models" / "unet.json").read_text())
+    assert sidecar["image"] == {"channels": 4, "dtype": "uint16", "intensity": "dataset"}
+    np.testing.assert_allclose(sidecar["normalization"]["scale"], 1 / train.std(0), rtol=1e-6)  # not the encoder's
+    test_ids = dataset["splits"]["test"]["source_ids"]
+    sizes = {stem: tuple(dataset["source"]["sizes"][stem]) for stem in test_ids}
+    metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]
+    assert sum(map(sum, metrics["confusion_matrix"])) == sum(h * w for h, w in sizes.values())
+    from PIL import Image
+
+    for stem, (h, w) in sizes.items():
+        assert Image.open(run_dir / "predictions" / "unet" / f"{stem}.png").size == (w, h)
+        kept = sources.read_image(run_dir / "inference" / "test_images" / f"{stem}.tif")  # shown to 06 as read
+        np.testing.assert_array_equal(kept, sources.read_image(root / "images" / f"{stem}.tif"))
+    out = run_dir / "inference" / "output"
+    assert {f"{stem}_overlay.png" for stem in test_ids} <= {p.name for p in out.iterdir()}
+    for name in ("01_training_samples", "01_augmented_batch", "05_predictions_unet", "06_predictions"):
+        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000
+    exported = json.loads((run_dir / "export" / "unet.json").read_text())["input"]
+    assert exported["dtype"] == "uint16" and exported["shape"] == [None, 64, 64, 4]
+    for check in manifest["steps"]["export"]["parity"].values():  # uint16 in, normalised inside the exported graph
+        assert check["pixel_agreement"] >= 0.999 and check["mean_probability_difference"] < 1e-5

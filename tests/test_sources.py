@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from seglab import data_loading, sources
@@ -21,12 +22,13 @@ def test_index_masks_grey_and_palette_and_various_image_formats(tmp_path):
     palette.putpalette([0, 0, 0, 9, 9, 9, 200, 0, 0] + [0] * 759)
     palette.save(root / "masks" / "img2.png")
     classes = sources.read_classes(root / "classes.json")
-    for stem, image_path, mask_path in sources.find_pairs(root):
-        image, mask = sources.read_pair(image_path, mask_path, classes)
+    for stem, image_path, mask_path in sources.find_pairs(root):  # as RGB, the 16-bit image stretched: the old reading
+        image, mask = sources.read_pair(image_path, mask_path, classes, channels=3, intensity="per_image")
         assert image.dtype == np.uint8 and image.shape == (40, 48, 3)
         assert set(np.unique(mask)) == {0, 1, 2}
-    stretched = sources.read_image(root / "images" / "img0.tif")
-    assert stretched.min() == 0 and stretched.max() == 255
+    stretched = sources.read_image(root / "images" / "img0.tif", intensity="per_image")
+    assert stretched.min() == 0 and stretched.max() == 255 and stretched.shape == (40, 48, 1)
+    assert sources.read_image(root / "images" / "img0.tif").max() == 47 * 20 + 39 * 48 * 20  # its own values
 
 
 def test_rgb_colour_masks_map_to_class_indices(tmp_path):
@@ -207,3 +209,49 @@ def test_palette_masks_mapped_by_colour_still_honour_ignore_index(tmp_path):
     palette.save(tmp_path / "m.png")
     classes = sources.read_classes(tmp_path / "classes.json")
     np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[1, 0, 255]])
+
+
+def test_each_format_is_read_channels_last_at_its_own_depth(tmp_path):
+    """What the header says (image_format) is what read_image returns, for every way of storing bands."""
+    rng = np.random.default_rng(0)
+    bands = rng.integers(0, 4096, (20, 30, 4)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "samples.tif", bands, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "planar.tif", bands.transpose(2, 0, 1), photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "pages.tif", bands.transpose(2, 0, 1), photometric="minisblack")
+    np.save(tmp_path / "float.npy", bands[..., :2].astype(np.float64) / 7)
+    np.save(tmp_path / "grey.npy", bands[..., 0])
+    Image.fromarray(bands[..., 0]).save(tmp_path / "grey16.png")
+    Image.fromarray(bands[..., :3].astype(np.uint8)).save(tmp_path / "rgb.png")
+    expected = {"samples.tif": bands, "planar.tif": bands, "pages.tif": bands, "float.npy": (bands[..., :2] / 7).astype(np.float32),
+                "grey.npy": bands[..., :1], "grey16.png": bands[..., :1], "rgb.png": bands[..., :3].astype(np.uint8)}
+    for name, want in expected.items():
+        image = sources.read_image(tmp_path / name)
+        assert image.dtype == want.dtype and image.shape == want.shape, name
+        np.testing.assert_array_equal(image, want)
+        assert sources.image_format(tmp_path / name) == (want.shape[2], want.dtype), name
+
+
+def test_channels_setting_repeats_grey_drops_extra_bands_and_refuses_the_rest(tmp_path):
+    bands = np.random.default_rng(0).integers(0, 4096, (10, 12, 4)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "four.tif", bands, photometric="minisblack", planarconfig="contig")
+    np.save(tmp_path / "grey.npy", bands[..., 0])
+    np.testing.assert_array_equal(sources.read_image(tmp_path / "four.tif", channels=3), bands[..., :3])
+    np.testing.assert_array_equal(sources.read_image(tmp_path / "grey.npy", channels=3), np.repeat(bands[..., :1], 3, 2))
+    np.save(tmp_path / "two.npy", bands[..., :2])
+    with pytest.raises(DataError, match="two.npy: 2 channels, but data.channels is 3"):
+        sources.read_image(tmp_path / "two.npy", channels=3)
+
+
+def test_per_image_stretch_maps_each_channel_by_its_own_percentiles(tmp_path):
+    rng = np.random.default_rng(1)
+    bands = (rng.normal(1000, 50, (40, 40, 3)) * [1, 4, 20]).astype(np.float32)
+    np.save(tmp_path / "b.npy", bands)
+    stretched = sources.read_image(tmp_path / "b.npy", intensity="per_image")
+    assert stretched.dtype == np.uint8
+    for c in range(3):
+        low, high = np.percentile(bands[..., c], (0.5, 99.5))
+        want = (np.clip((bands[..., c] - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(stretched[..., c], want)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(sources.read_image(tmp_path / "rgb.png", intensity="per_image"), rgb)  # 8-bit as is

@@ -98,6 +98,33 @@ def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry,
     np.testing.assert_array_equal(conv.numpy(), expected["conv0/kernel:0"])
 
 
+@pytest.mark.parametrize("arch", ["unet", "deeplabv3plus"])
+def test_imagenet_weights_meet_four_channels_through_a_learned_1x1_adapter(monkeypatch, resnet18_weights_entry,
+                                                                           make_config, arch):
+    """With ImageNet weights, 4 channels go through channel_adapter into the pretrained 3-channel encoder;
+    from scratch the encoder takes the 4 directly; the float32 copy for saving keeps the structure."""
+    entry, served, url = resnet18_weights_entry
+    from classification_models.tfkeras import Classifiers
+
+    encoder = Classifiers.get("resnet18")[0](input_shape=(None, None, 3), weights=None, include_top=False)
+    encoder.save_weights(str(served / entry["name"]))
+    monkeypatch.setitem(entry, "url", url + entry["name"])
+    monkeypatch.setitem(entry, "md5", hashlib.md5((served / entry["name"]).read_bytes()).hexdigest())
+    assert [training.needs_adapter(c, w) for c, w in ((4, "imagenet"), (1, "imagenet"), (3, "imagenet"), (4, None))] \
+        == [True, True, False, False]
+    lines = []
+    model = training.build_model(arch, "resnet18", 3, 64, encoder_weights="imagenet", channels=4, log=lines.append)
+    assert lines == [] and model.input_shape == (None, 64, 64, 4)
+    assert model.get_layer("channel_adapter").kernel.shape == (1, 1, 4, 3)
+    conv = next(w for w in model.weights if w.name == "conv0/kernel:0")
+    np.testing.assert_array_equal(conv.numpy(), next(w for w in encoder.weights if w.name == "conv0/kernel:0").numpy())
+    cfg = make_config(f"model.architectures=[{arch}]")
+    copy = training.export_float32(model, arch, cfg, 3, 64)
+    assert copy.get_layer("channel_adapter") is not None and len(copy.weights) == len(model.weights)
+    scratch = training.build_model(arch, "resnet18", 3, 64, channels=4)
+    assert scratch.input_shape == (None, 64, 64, 4) and "channel_adapter" not in [l.name for l in scratch.layers]
+
+
 @pytest.mark.parametrize("served, arch", [("nothing", "unet"), ("an error page", "unet"), ("nothing", "unetplusplus")])
 def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch, resnet18_weights_entry, served, arch):
     entry, folder, url = resnet18_weights_entry
