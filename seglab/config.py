@@ -109,7 +109,7 @@ class DataConfig:
     group_pattern: Optional[str] = None  # regex whose first group names an image's group (patient, scan, video)
     channels: Optional[int] = None  # null: the most any image has (grey 1, RGB 3, a TIFF's pages x samples, .npy)
     intensity: str = "dataset"  # 16-bit and float images: dataset (train-split statistics) | per_image (stretch)
-    augment: bool = True
+    augment: str = "flip"  # none | flip (left-right mirror) | strong (all mirrors, quarter turns, intensity jitter)
 
 
 @dataclass
@@ -316,6 +316,7 @@ RULES = {
     "data.train_tiles": _one_of("precomputed", "random_crops"),
     "data.val_fraction": _FRACTION,
     "data.test_fraction": _FRACTION,
+    "data.augment": _one_of("none", "flip", "strong"),
     "data.group_pattern": (_is_group_pattern, "a regular expression with a group that names the image's group, "
                                               r"such as '^(case\d+)_'"),
     "data.channels": ((lambda v: v >= 1), "a positive integer, or null for as many as the images have"),
@@ -358,7 +359,9 @@ def validate(cfg: Config) -> Config:
         try:
             setattr(section, name, _typed(value, hint))
         except _WrongType:
-            raise ConfigError(f"{key}={_show(value)} must be {_describe(hint)}") from None
+            choices = RULES.get(key, (None, ""))[1]  # a choice names its values: clearer than "a string"
+            what = choices if isinstance(choices, str) and choices.startswith("one of") else _describe(hint)
+            raise ConfigError(f"{key}={_show(value)} must be {what}") from None
     for key, section, name, hint in leaves:
         value = getattr(section, name)
         test, accepted = RULES.get(key, (None, None))

@@ -90,18 +90,21 @@ def value_range(image: dict) -> tuple[list, list]:
     return image["min"], image["max"]
 
 
-def _augment(image, mask, low, high):
-    """Random flips and quarter turns applied to both, then a brightness (up to 20/255 of each channel's range
-    ``low``-``high``, one draw for all) and contrast jitter on the image."""
+def _augment(image, mask, low, high, kind: str):
+    """``flip``: a random left-right mirror of both. ``strong`` adds up-down mirrors and quarter turns of both,
+    then a brightness (up to 20/255 of each channel's range ``low``-``high``, one draw for all) and contrast
+    jitter of the image: for images with no natural orientation (aerial, microscopy)."""
     both = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)], axis=-1)
     both = tf.image.random_flip_left_right(both)
-    both = tf.image.random_flip_up_down(both)
-    both = tf.image.rot90(both, tf.random.uniform([], 0, 4, tf.int32))
+    if kind == "strong":
+        both = tf.image.random_flip_up_down(both)
+        both = tf.image.rot90(both, tf.random.uniform([], 0, 4, tf.int32))
     image, mask = both[..., :-1], both[..., -1:]
-    low, high = tf.constant(low, tf.float32), tf.constant(high, tf.float32)
-    image = image + tf.random.uniform([], -1.0, 1.0) * (high - low) * (20 / 255)
-    image = tf.image.random_contrast(image, 0.8, 1.2)
-    return tf.clip_by_value(image, low, high), tf.cast(mask, tf.uint8)
+    if kind == "strong":
+        low, high = tf.constant(low, tf.float32), tf.constant(high, tf.float32)
+        image = image + tf.random.uniform([], -1.0, 1.0) * (high - low) * (20 / 255)
+        image = tf.clip_by_value(tf.image.random_contrast(image, 0.8, 1.2), low, high)
+    return image, tf.cast(mask, tf.uint8)
 
 
 def _holds(record, rare):
@@ -167,7 +170,7 @@ def _records(files, training: bool, seed: int, items, shuffle_buffer: int, keep=
 
 
 def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training: bool = False,
-                 augment: bool = False, seed: int = 0, repeat: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER,
+                 augment: str = "none", seed: int = 0, repeat: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER,
                  items: int | None = None, size: int | None = None, pad_to: int | None = None, image: dict = RGB8,
                  crop: int | None = None, crops_per_image: int = 1, rare=(), rare_share: float = 0.0):
     """Batches of (normalised image, one-hot mask) from TFRecord shard files (notebook 01's ``dataset/``).
@@ -225,9 +228,9 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
     if pad_to and items and items % pad_to:
         blank = (tf.zeros([size, size, channels], image["dtype"]), tf.fill([size, size, 1], tf.constant(IGNORE, tf.uint8)))
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(-items % pad_to))
-    if augment:
+    if augment != "none":
         low, high = value_range(image)
-        ds = ds.map(lambda x, mask: _augment(x, mask, low, high), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, mask: _augment(x, mask, low, high, augment), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda x, mask: (normalize(x, norm), tf.one_hot(mask[..., 0], num_classes)),
                 num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()

@@ -16,7 +16,7 @@ from seglab.artifacts import RunDir
 from seglab.runner import _chief
 
 TINY = ["data.demo.num_images=8", "data.demo.image_size=32", "data.image_size=32", "model.architectures=[unet]",
-        "train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=2", "data.augment=false"]
+        "train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=2", "data.augment=none"]
 
 
 def _free_ports(n):

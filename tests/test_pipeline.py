@@ -45,7 +45,7 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
         originals.add(mask.tobytes())
     norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
     tf.random.set_seed(1)
-    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 2), 3, norm, 3, training=True, augment=True, repeat=True)
+    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 2), 3, norm, 3, training=True, augment="strong", repeat=True)
     seen, moved, jittered = 0, 0, 0
     for x, y in ds.take(8):
         labels = np.argmax(y.numpy(), -1)
@@ -59,6 +59,23 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
         seen += y.shape[0]
     assert seen == 24 and y.shape == (3, 16, 16, 3)
     assert moved >= 12 and jittered >= 20  # 3 of 4 turns x 4 flips move a sample; the jitter is on every one
+
+
+def test_flip_augmentation_only_mirrors_left_right(tmp_path):
+    """The plain recipe's augmentation: each sample as it is or mirrored left-right, both seen, pixels untouched."""
+    rng = np.random.default_rng(0)
+    masks = [rng.integers(0, 3, (8, 8)).astype(np.uint8) for _ in range(4)]
+    samples = [(np.stack([m * 100] * 3, -1).astype(np.uint8), m) for m in masks]
+    identity = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
+    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 1), 3, identity, 4, training=True, augment="flip",
+                               repeat=True)
+    kept, mirrored = 0, 0
+    for x, y in ds.take(10):
+        for image, labels in zip(x.numpy(), pipeline.labels(y)):
+            np.testing.assert_array_equal(image[..., 0], labels * 100.0)  # no intensity jitter
+            kept += any(np.array_equal(labels, m) for m in masks)
+            mirrored += any(np.array_equal(labels, m[:, ::-1]) for m in masks)
+    assert kept + mirrored == 40 and kept >= 10 and mirrored >= 10
 
 
 def test_ignored_pixels_become_empty_one_hot_rows_and_come_back(tmp_path):
@@ -211,7 +228,7 @@ def test_multiband_float_shards_decode_and_augment_within_the_training_range(tmp
     plain = np.concatenate([x for x, _ in pipeline.make_dataset(paths, 2, identity, 4, image=image)])
     np.testing.assert_array_equal(plain, np.stack([x for x, _ in samples]))
     for _ in range(5):
-        x, _ = next(iter(pipeline.make_dataset(paths, 2, identity, 4, training=True, augment=True, image=image)))
+        x, _ = next(iter(pipeline.make_dataset(paths, 2, identity, 4, training=True, augment="strong", image=image)))
         assert (x.numpy() >= low - 1e-5).all() and (x.numpy() <= high + 1e-5).all()
 
 

@@ -142,7 +142,7 @@ def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch,
 @pytest.fixture
 def prepared(make_config):
     cfg = make_config("data.demo.num_images=10", "train.batch_size=2", "train.epochs=3", "model.architectures=[unet]",
-                      "train.early_stopping_patience=10", "data.augment=false")
+                      "train.early_stopping_patience=10", "data.augment=none")
     run = RunDir(cfg.run_dir)
     data_loading.prepare_dataset(cfg, run)
     weights = class_weights.write_class_weights(run, cfg)["weights"]
@@ -287,7 +287,7 @@ def test_training_on_two_replicas_scales_the_global_batch(prepared, tmp_path):
     from conftest import REPO
 
     overrides = [f"run_dir={cfg.run_dir}", "data.image_size=64", "model.architectures=[unet]", "train.batch_size=2",
-                 "train.epochs=1", "train.strategy=mirrored", "data.augment=false"]
+                 "train.epochs=1", "train.strategy=mirrored", "data.augment=none"]
     result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(REPO / "configs" / "demo.yaml"), *overrides],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -308,7 +308,7 @@ def test_the_time_budget_stops_training_mid_epoch_and_still_validates():
 
 def test_training_reads_random_crops_with_rare_classes_forced_into_each_batch(make_config):
     cfg = make_config("data.mode=tile", "data.image_size=32", "data.train_tiles=random_crops", "train.sampling=rare",
-                      "train.rare_share=0.5", "train.batch_size=4", "data.augment=false")
+                      "train.rare_share=0.5", "train.batch_size=4", "data.augment=none")
     run = RunDir(cfg.run_dir)
     manifest = data_loading.prepare_dataset(cfg, run)
     lines = []
