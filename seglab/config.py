@@ -134,7 +134,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     schedule: str = "plateau"  # plateau | cosine
     loss: str = "dice+focal"  # dice | dice+focal | dice+crossentropy
-    early_stopping_patience: int = 5
+    early_stopping_patience: int = 10  # epochs; a low one stopped real data at a quarter of its time budget
     strategy: str = "auto"  # auto | default | mirrored | multi_worker (a cluster named by TF_CONFIG)
     mixed_precision: str = "auto"  # auto (on GPU) | on | off
     steps_per_epoch: Optional[int] = None  # null: the whole training split each epoch
