@@ -176,26 +176,36 @@ def test_step_07_exports_that_agree_with_the_trained_model(series_run):
 FOLDER_SIZES = [(37, 53), (61, 45), (50, 50), (29, 71), (45, 33)]
 
 
-@pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
-    """A user's dataset: 3 classes, grey images of odd and mixed non-square sizes, RGB colour masks with
-    an ignored colour, and too few images for the default batch size."""
+def _series_on_folder(tmp_path_factory, name: str, **dataset):
+    """00 to 07 through the CLI on a made-up folder dataset of 10 images of FOLDER_SIZES; (run folder, data root)."""
     from conftest import write_folder_dataset
 
-    base = tmp_path_factory.mktemp("folder")
-    root = write_folder_dataset(base / "data", n=10, size=FOLDER_SIZES, grey=True, rgb_masks=True, ignore=[9, 9, 9])
+    base = tmp_path_factory.mktemp(name)
+    root = write_folder_dataset(base / "data", n=10, size=FOLDER_SIZES, **dataset)
     result = _run("--run-dir", str(base / "run"), "--set", "data.source=folder", "--set", f"data.root={root}",
                   "--set", "data.image_size=64", "--set", "model.architectures=[unet]", "--set", "train.epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "run", root
 
 
-def test_the_series_runs_on_a_users_folder_dataset(folder_run):
-    run_dir, root = folder_run
+def _dataset_after_every_step(run_dir) -> dict:
+    """dataset.json, once every notebook is checked to have recorded its step."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
                                       "inference", "export"}
-    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    return json.loads((run_dir / "dataset" / "dataset.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A user's dataset: 3 classes, grey images of odd and mixed non-square sizes, RGB colour masks with
+    an ignored colour, and too few images for the default batch size."""
+    return _series_on_folder(tmp_path_factory, "folder", grey=True, rgb_masks=True, ignore=[9, 9, 9])
+
+
+def test_the_series_runs_on_a_users_folder_dataset(folder_run):
+    run_dir, root = folder_run
+    dataset = _dataset_after_every_step(run_dir)
     assert dataset["classes"] == ["background", "a", "b"] and dataset["ignore_index"] == 255
     metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]
     from PIL import Image
@@ -216,24 +226,14 @@ def test_the_series_runs_on_a_users_folder_dataset(folder_run):
 @pytest.fixture(scope="module")
 def bands_run(tmp_path_factory):
     """A user's dataset of 4-band 16-bit multi-sample TIFFs (12-bit values, each band offset), mixed sizes."""
-    from conftest import write_folder_dataset
-
-    base = tmp_path_factory.mktemp("bands")
-    root = write_folder_dataset(base / "data", n=10, size=FOLDER_SIZES, bands=4)
-    result = _run("--run-dir", str(base / "run"), "--set", "data.source=folder", "--set", f"data.root={root}",
-                  "--set", "data.image_size=64", "--set", "model.architectures=[unet]", "--set", "train.epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return base / "run", root
+    return _series_on_folder(tmp_path_factory, "bands", bands=4)
 
 
 def test_the_series_runs_on_four_band_16bit_images(bands_run):
     run_dir, root = bands_run
     from seglab import sources
 
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
-                                      "inference", "export"}
-    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    dataset = _dataset_after_every_step(run_dir)
     image = dataset["image"]
     assert (image["channels"], image["dtype"], image["encoding"], image["intensity"]) == (4, "uint16", "png", "dataset")
     train = np.concatenate([sources.read_image(root / "images" / f"{s}.tif").reshape(-1, 4)
