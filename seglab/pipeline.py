@@ -211,7 +211,7 @@ def make_dataset(shards, num_classes: int, norm: dict, batch_size: int, training
             ds = ds.repeat()
         ds = ds.map(lambda record: _parse(record, image), num_parallel_calls=AUTOTUNE)
         if crop:
-            ds = ds.map(lambda image, mask: _crops(image, mask, crop, crops_per_image, holding),
+            ds = ds.map(lambda x, mask: _crops(x, mask, crop, crops_per_image, holding),
                         num_parallel_calls=AUTOTUNE)
             ds = ds.unbatch().shuffle(4 * crops_per_image, seed=seed)
         return ds
