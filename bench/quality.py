@@ -35,15 +35,22 @@ def run_series(data_dir: Path, run_dir: Path, args, seed: int) -> None:
     overrides = ["data.source=folder", f"data.root={data_dir}", f"data.image_size={args.size}",
                  "model.architectures=[unet]", f"model.backbone={args.backbone}", f"seed={seed}",
                  f"train.time_budget_minutes={args.minutes}", "train.epochs=1000", *args.overrides]
+    steps = ["00", "01", "02", "03"] if "series" in args.recipes else ["00", "01"]  # 01 makes the split
     command = [sys.executable, "-m", "seglab", "run", "--config", args.config, "--run-dir", str(run_dir),
-               "--only", "00", "01", "02", "03"] + [part for o in overrides for part in ("--set", o)]
+               "--only", *steps] + [part for o in overrides for part in ("--set", o)]
     subprocess.run(command, check=True)
+
+
+def full_scale(manifest: dict) -> float:
+    """The largest value of the stored images' type, which the plain recipe divides by."""
+    dtype = np.dtype(manifest["image"]["dtype"])
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
 
 
 def split_arrays(run: RunDir, manifest: dict, split: str):
     """Images scaled to 0-1 and one-hot masks (ignored pixels: all-zero rows), as plain arrays."""
     _, images, masks = zip(*data_loading.read_samples(data_loading.split_shards(run, manifest, split)))
-    x = np.stack(images).astype(np.float32) / 255
+    x = np.stack(images).astype(np.float32) / full_scale(manifest)
     y = tf.one_hot(np.stack(masks), len(manifest["classes"])).numpy()
     return x, y
 
@@ -59,8 +66,14 @@ def train_plain(run: RunDir, manifest: dict, args, seed: int) -> tuple[Path, int
 
     train = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).map(flip)
              .batch(BATCH, drop_remainder=len(x) >= BATCH).prefetch(2))
-    model = sm.Unet(args.backbone, input_shape=(args.size, args.size, 3), classes=y.shape[-1], activation="softmax",
-                    encoder_weights=None)
+    channels = x.shape[-1]
+    if channels not in (1, 3):
+        raise SystemExit(f"the plain recipe takes grey or RGB images, not {channels} channels")
+    inputs = keras.Input((args.size, args.size, channels))
+    rgb = keras.layers.Concatenate()([inputs] * 3) if channels == 1 else inputs  # grey repeated, as users do
+    unet = sm.Unet(args.backbone, input_shape=(args.size, args.size, 3), classes=y.shape[-1], activation="softmax",
+                   encoder_weights=None)
+    model = keras.Model(inputs, unet(rgb))
     model.compile(keras.optimizers.Adam(1e-3), sm.losses.DiceLoss() + sm.losses.CategoricalFocalLoss(),
                   metrics=[sm.metrics.IOUScore()])
     best = run.path("checkpoints", "plain", "best")
@@ -73,7 +86,8 @@ def train_plain(run: RunDir, manifest: dict, args, seed: int) -> tuple[Path, int
     model.save(str(path))
     info = {"classes": manifest["classes"], "colors": manifest["colors"], "input_size": args.size,
             "pixel_scale": manifest["pixel_scale"],
-            "normalization": {"order": [0, 1, 2], "scale": [1 / 255] * 3, "offset": [0.0] * 3}}
+            "normalization": {"order": list(range(channels)), "scale": [1 / full_scale(manifest)] * channels,
+                              "offset": [0.0] * channels}, "image": manifest["image"]}
     write_json(path.with_suffix(".json"), info)
     return path, len(history.epoch)
 
@@ -116,8 +130,8 @@ def main():
         run_series(args.data_dir.resolve(), run_dir, args, seed)
         run = RunDir(run_dir)
         manifest = data_loading.load_manifest(run)
-        series_epochs = len(json.loads(run.path("history", "unet.json").read_text())["epochs"])
         if "series" in args.recipes:
+            series_epochs = len(json.loads(run.path("history", "unet.json").read_text())["epochs"])
             results.append({"recipe": "series", "seed": seed, "epochs": series_epochs,
                             **score(run, manifest, run.path("models", "unet.keras"))})
         if "plain" in args.recipes:
