@@ -188,12 +188,12 @@ def _series_on_folder(tmp_path_factory, name: str, **dataset):
     return base / "run", root
 
 
-def _dataset_after_every_step(run_dir) -> dict:
-    """dataset.json, once every notebook is checked to have recorded its step."""
+def _after_every_step(run_dir) -> tuple[dict, dict]:
+    """The run manifest and dataset.json, once every notebook is checked to have recorded its step."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
                                       "inference", "export"}
-    return json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    return manifest, json.loads((run_dir / "dataset" / "dataset.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def folder_run(tmp_path_factory):
 
 def test_the_series_runs_on_a_users_folder_dataset(folder_run):
     run_dir, root = folder_run
-    dataset = _dataset_after_every_step(run_dir)
+    manifest, dataset = _after_every_step(run_dir)
     assert dataset["classes"] == ["background", "a", "b"] and dataset["ignore_index"] == 255
     metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]
     from PIL import Image
@@ -233,7 +233,7 @@ def test_the_series_runs_on_four_band_16bit_images(bands_run):
     run_dir, root = bands_run
     from seglab import sources
 
-    dataset = _dataset_after_every_step(run_dir)
+    manifest, dataset = _after_every_step(run_dir)
     image = dataset["image"]
     assert (image["channels"], image["dtype"], image["encoding"], image["intensity"]) == (4, "uint16", "png", "dataset")
     train = np.concatenate([sources.read_image(root / "images" / f"{s}.tif").reshape(-1, 4)
