@@ -132,9 +132,9 @@ class TrainConfig:
     batch_size: int | Auto = 8  # per replica
     epochs: int | Auto = 10  # auto: until time_budget_minutes runs out
     learning_rate: float = 1e-3
-    schedule: str = "plateau"  # plateau | cosine
+    schedule: str = "cosine"  # cosine (to 0 over the epochs or the time budget) | plateau (halve when stalled)
     loss: str = "dice+focal"  # dice | dice+focal | dice+crossentropy
-    early_stopping_patience: int = 10  # epochs; a low one stopped real data at a quarter of its time budget
+    early_stopping_patience: Optional[int] = None  # epochs; null: none (it would cut a cosine decay short)
     strategy: str = "auto"  # auto | default | mirrored | multi_worker (a cluster named by TF_CONFIG)
     mixed_precision: str = "auto"  # auto (on GPU) | on | off
     steps_per_epoch: Optional[int] = None  # null: the whole training split each epoch
@@ -331,9 +331,10 @@ RULES = {
     "train.batch_size": _POSITIVE,
     "train.epochs": _POSITIVE,
     "train.learning_rate": ((lambda v: v > 0), "a positive number such as 0.001"),
-    "train.schedule": _one_of("plateau", "cosine"),
+    "train.schedule": _one_of("cosine", "plateau"),
     "train.loss": _one_of("dice", "dice+focal", "dice+crossentropy"),
-    "train.early_stopping_patience": ((lambda v: v >= 1), "at least 1 (epochs without improvement before stopping)"),
+    "train.early_stopping_patience": ((lambda v: v >= 1), "at least 1 (epochs without improvement before "
+                                      "stopping), or null for no early stopping"),
     "train.strategy": _one_of("auto", "default", "mirrored", "multi_worker"),
     "train.mixed_precision": _one_of("auto", "on", "off"),
     "train.steps_per_epoch": ((lambda v: v > 0), "a positive integer, or null for the whole training split"),
@@ -379,9 +380,10 @@ def validate(cfg: Config) -> Config:
     if cfg.train.epochs == AUTO and not cfg.train.time_budget_minutes:
         raise ConfigError("train.epochs=auto trains until train.time_budget_minutes runs out, "
                           "so it needs one: set train.time_budget_minutes or a number of epochs")
-    if cfg.train.epochs == AUTO and cfg.train.schedule == "cosine":
-        raise ConfigError("train.epochs=auto cannot drive train.schedule=cosine, which decays over a known number "
-                          "of epochs: use train.schedule=plateau or a number of epochs")
+    if cfg.train.time_budget_minutes and cfg.train.strategy == "multi_worker":
+        raise ConfigError("train.time_budget_minutes cannot end training on a cluster (train.strategy=multi_worker): "
+                          "each worker reads its own clock, so they would stop, and decay the learning rate, at "
+                          "different steps; set a number of epochs instead")
     if data.source == "folder":
         _check_folder_source(data.root)
     if cfg.inference.input and not Path(cfg.inference.input).exists():

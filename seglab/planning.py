@@ -133,7 +133,7 @@ def plan(fingerprint: dict, cfg: Config, gpu_gb: float | None) -> dict:
                                               f"{size}² px, rounded down to a power of two in {list(BATCH_RANGE)}")
     if train.epochs == AUTO:
         decided["train.epochs"] = (MAX_EPOCHS, f"a cap: train.time_budget_minutes={train.time_budget_minutes:g} "
-                                               "ends training, or early stopping does")
+                                               "ends training")
     return {key: {"value": value, "reason": reason} for key, (value, reason) in decided.items()}
 
 

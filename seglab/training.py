@@ -180,9 +180,40 @@ class MeanIoU(keras.metrics.Metric):
 
 def _schedule(cfg):
     if cfg.train.schedule == "cosine":
-        base, epochs = cfg.train.learning_rate, cfg.train.epochs
-        return keras.callbacks.LearningRateScheduler(lambda epoch: base * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
+        return CosineDecay(cfg.train.learning_rate, cfg.train.epochs, cfg.train.time_budget_minutes)  # epochs resolved
     return keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=0.5, patience=2, min_lr=1e-6)
+
+
+class CosineDecay(keras.callbacks.Callback):
+    """Cosine decay from ``base`` to 0 over whichever ends training first: the epochs or the time budget.
+
+    With a time budget the decay follows the training wall time, batch by batch, so the last
+    minutes run at a small learning rate however many epochs the machine manages.
+    """
+
+    def __init__(self, base: float, epochs: int, minutes: float | None = None):
+        super().__init__()
+        self.base, self.epochs, self.seconds = base, epochs, minutes * 60 if minutes else None
+        self.epoch = 0
+
+    def progress(self) -> float:
+        by_epoch = self.epoch / self.epochs
+        by_time = (time.perf_counter() - self.start) / self.seconds if self.seconds else 0.0
+        return min(1.0, max(by_epoch, by_time))
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        keras.backend.set_value(self.model.optimizer.learning_rate,
+                                self.base * 0.5 * (1 + math.cos(math.pi * self.progress())))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(keras.backend.get_value(self.model.optimizer.learning_rate))
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -304,10 +335,11 @@ def prepare(arch: str, cfg, run: RunDir, strategy, extra_callbacks=(), log=print
         keras.callbacks.BackupAndRestore(str(paths["state"])),
         keras.callbacks.ModelCheckpoint(str(paths["best"]), monitor=MONITOR, mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
+        *([keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience)]
+          if cfg.train.early_stopping_patience else []),
+        _schedule(cfg),  # before the loggers, which then record the epoch's learning rate
         *([keras.callbacks.CSVLogger(str(paths["log"]), append=True)] if chief else []),  # Keras would not move it aside
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
-        _schedule(cfg),
         *([TimeBudget(cfg.train.time_budget_minutes)] if cfg.train.time_budget_minutes else []),
         *extra_callbacks,
     ]

@@ -2,6 +2,7 @@ import csv
 import functools
 import hashlib
 import http.server
+import math
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from seglab import class_weights, data_loading, training
+from seglab import class_weights, data_loading, planning, training
 from seglab.artifacts import RunDir
 from seglab.backend import keras, tf
 from seglab.config import ConfigError
@@ -304,6 +305,52 @@ def test_the_time_budget_stops_training_mid_epoch_and_still_validates():
                         callbacks=[training.TimeBudget(1e-9), counter])
     assert steps == [0]  # one step of the first of 5 epochs of 16 steps
     assert len(history.history["val_loss"]) == 1
+
+
+def test_early_stopping_is_off_unless_a_patience_is_set(prepared):
+    cfg, run, _ = prepared  # patience 10
+    cfg = planning.resolve(cfg, data_loading.load_manifest(run)["plan"])
+
+    def callbacks(cfg):
+        plan = training.prepare("unet", cfg, run, tf.distribute.get_strategy(), log=lambda line: None)
+        return {type(c).__name__: c for c in plan.callbacks}
+
+    assert callbacks(cfg)["EarlyStopping"].patience == 10
+    cfg.train.early_stopping_patience = None
+    assert "EarlyStopping" not in callbacks(cfg) and "CosineDecay" in callbacks(cfg)
+
+
+def _rates_under(schedule, epochs: int, seconds_per_step: float, monkeypatch) -> tuple[list, dict]:
+    """The learning rate of every step of a 4-step-per-epoch fit, with a clock that ticks once per step."""
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    rates = []
+
+    class Tick(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            rates.append(float(keras.backend.get_value(self.model.optimizer.learning_rate)))
+            clock[0] += seconds_per_step
+
+    x, y = np.zeros((16, 4), np.float32), np.zeros((16, 1), np.float32)
+    history = model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, callbacks=[*schedule, Tick()])
+    return rates, history.history
+
+
+def test_the_cosine_schedule_follows_the_time_budget_when_it_ends_training(monkeypatch):
+    rates, history = _rates_under([training.CosineDecay(0.5, epochs=1000, minutes=1), training.TimeBudget(1)],
+                                  1000, 15, monkeypatch)  # each step takes 15 s of a 1-minute budget
+    cosine = lambda progress: 0.25 * (1 + math.cos(math.pi * progress))
+    assert rates == pytest.approx([cosine(0), cosine(0.25), cosine(0.5), cosine(0.75), cosine(1)])
+    assert history["lr"][-1] == pytest.approx(0.0)
+
+
+def test_the_cosine_schedule_follows_the_epochs_without_a_budget(monkeypatch):
+    rates, history = _rates_under([training.CosineDecay(0.5, epochs=4)], 4, 15, monkeypatch)
+    cosine = lambda progress: 0.25 * (1 + math.cos(math.pi * progress))
+    assert rates == pytest.approx([cosine(e / 4) for e in range(4) for _ in range(4)])
+    assert history["lr"] == pytest.approx([cosine(e / 4) for e in range(4)])
 
 
 def test_training_reads_random_crops_with_rare_classes_forced_into_each_batch(make_config):
