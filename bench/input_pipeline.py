@@ -13,9 +13,12 @@ import time
 
 import numpy as np
 
-from seglab import class_weights, data_loading, pipeline, planning, training
-from seglab.artifacts import open_run
+from seglab import devices, losses, metrics, models, pipeline, planning
 from seglab.backend import tf
+from seglab.normalization import encoder_normalization
+from seglab.notebook import open_run
+from seglab.records import ClassWeights, DatasetRecord
+from seglab.shards import local_copies
 
 
 def images_per_second(model, dataset, steps: int, batch_size: int) -> float:
@@ -31,27 +34,28 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     cfg, run = open_run(args.config)
-    manifest = data_loading.load_manifest(run)
-    cfg = planning.resolve(cfg, manifest["plan"])
-    weights = class_weights.load_class_weights(run)["weights"]
-    training.set_precision(cfg.train.mixed_precision)  # time what training would run
-    n, batch = len(manifest["classes"]), cfg.train.batch_size
-    norm = pipeline.encoder_normalization(cfg.model.backbone)
-    shards = data_loading.local_shards(run, data_loading.split_shards(run, manifest, "train"))
-    real = pipeline.make_dataset(shards, n, norm, batch, training=True, augment=cfg.data.augment,
-                                 seed=cfg.seed, repeat=True)
+    dataset = run.read(DatasetRecord)
+    cfg = planning.resolve(cfg, dataset.decisions)
+    weights = run.read(ClassWeights).weights
+    devices.set_precision(cfg.train.mixed_precision)  # time what training would run
+    n, batch = len(dataset.classes), cfg.train.batch_size
+    norm = encoder_normalization(cfg.model.backbone)
+    files = local_copies(run.root, dataset.shard_files(run.root, "train"))
+    real = pipeline.make_dataset(pipeline.SplitData(files, dataset.images, n), norm,
+                                 pipeline.Batching(batch, training=True, augment=cfg.data.augment, seed=cfg.seed,
+                                                   repeat=True))
     cached = [(x.numpy(), y.numpy()) for x, y in real.take(args.steps)]
     memory = tf.data.Dataset.from_tensor_slices((np.stack([x for x, _ in cached]), np.stack([y for _, y in cached])))
     memory = memory.repeat()
-    model = training.build_model("unet", cfg.model.backbone, n, manifest["image_size"])
-    model.compile("adam", training.make_loss(cfg.train.loss, weights), metrics=[training.MeanIoU(len(weights))])
+    model = models.build_model(models.ModelSpec("unet", cfg.model.backbone, n, dataset.image_size))
+    model.compile("adam", losses.make_loss(cfg.train.loss, weights), metrics=[metrics.MeanIoU(len(weights))])
     model.fit(memory, steps_per_epoch=3, epochs=1, verbose=0)  # build and trace once before timing
     speeds = {"pipeline": [], "memory": []}
     for _ in range(args.rounds):
         speeds["pipeline"].append(images_per_second(model, real, args.steps, batch))
         speeds["memory"].append(images_per_second(model, memory, args.steps, batch))
     best = {k: max(v) for k, v in speeds.items()}
-    print(f"U-Net ({cfg.model.backbone}, {manifest['image_size']} px, batch {batch}), best of {args.rounds} rounds of {args.steps} steps")
+    print(f"U-Net ({cfg.model.backbone}, {dataset.image_size} px, batch {batch}), best of {args.rounds} rounds of {args.steps} steps")
     print(f"  real tf.data pipeline : {best['pipeline']:7.1f} images/s")
     print(f"  same batches in memory: {best['memory']:7.1f} images/s")
     print(f"  ratio pipeline/memory : {best['pipeline'] / best['memory']:.3f}")

@@ -10,7 +10,6 @@ validation pass hold, not how long training takes.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -19,9 +18,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 STEP = """
-import json, resource, sys
-from seglab.artifacts import RunDir
+import resource, sys
 from seglab.config import load_config
+from seglab.rundir import RunDir
 cfg = load_config(sys.argv[2], sys.argv[3:])
 run = RunDir(cfg.run_dir)
 step = sys.argv[1]
@@ -32,13 +31,13 @@ elif step == "02":
     from seglab import class_weights
     class_weights.write_class_weights(run, cfg)
 elif step == "03":
-    from seglab import class_weights, training
-    weights = class_weights.load_class_weights(run)["weights"]
-    training.record(cfg, run, {"unet": training.train_model("unet", cfg, run, weights, log=lambda line: None)})
+    from seglab import training
+    step, weights = training.begin(run, cfg)
+    training.record(step, {"unet": training.train_model("unet", cfg, step, weights.weights, log=lambda line: None)})
 elif step == "04":
     from seglab import evaluation
     evaluation.evaluate_all(cfg, run, log=lambda line: None)
-print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
@@ -54,7 +53,7 @@ def measure(images: int, out: Path) -> dict:
                                 capture_output=True, text=True, cwd=REPO)
         if result.returncode:
             raise SystemExit(f"step {step} on {images} images failed:\n{result.stderr[-3000:]}")
-        peaks[step] = json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+        peaks[step] = float(result.stdout.strip().splitlines()[-1].split()[1])
         print(f"  {images:>6} images, step {step}: peak {peaks[step]:7.0f} MiB", flush=True)
     return peaks
 

@@ -9,7 +9,7 @@ then, on the same split, the plainest recipe trains for the same budget:
     with the best validation ``iou_score`` kept.
 
 Both models are then scored the same way, by notebook 04's code: each test image predicted at
-its original size by ``inference.Predictor`` and one confusion matrix over the test split.
+its original size by ``predictor.Predictor`` and one confusion matrix over the test split.
 
     python bench/quality.py DATA_DIR --minutes 10 [--seeds 1 2] [--size 128] [--set KEY=VALUE ...]
 
@@ -17,16 +17,20 @@ Prints a Markdown table (mean IoU and per-class IoU per recipe and seed) and wri
 the numbers to OUT/quality.json. Trains one model at a time; give it the machine.
 """
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from seglab import data_loading, evaluation, inference, training
-from seglab.artifacts import RunDir, write_json
+from seglab import evaluation, models
+from seglab.atomic import write_json
 from seglab.backend import keras, sm, tf
+from seglab.callbacks import TimeBudget
+from seglab.predictor import Predictor, predict_image
+from seglab.records import DatasetRecord, History, ModelCard, ModelInput, Normalization
+from seglab.rundir import RunDir
+from seglab.shards import original_pairs, read_samples
 
 BATCH = 8
 
@@ -41,25 +45,25 @@ def run_series(data_dir: Path, run_dir: Path, args, seed: int) -> None:
     subprocess.run(command, check=True)
 
 
-def full_scale(manifest: dict) -> float:
+def full_scale(dataset: DatasetRecord) -> float:
     """The largest value of the stored images' type, which the plain recipe divides by."""
-    dtype = np.dtype(manifest["image"]["dtype"])
+    dtype = np.dtype(dataset.images.dtype)
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
 
 
-def split_arrays(run: RunDir, manifest: dict, split: str):
+def split_arrays(run: RunDir, dataset: DatasetRecord, split: str):
     """Images scaled to 0-1 and one-hot masks (ignored pixels: all-zero rows), as plain arrays."""
-    _, images, masks = zip(*data_loading.read_samples(data_loading.split_shards(run, manifest, split)))
-    x = np.stack(images).astype(np.float32) / full_scale(manifest)
-    y = tf.one_hot(np.stack(masks), len(manifest["classes"])).numpy()
+    _, images, masks = zip(*read_samples(dataset.shard_files(run.root, split), dataset.images))
+    x = np.stack(images).astype(np.float32) / full_scale(dataset)
+    y = tf.one_hot(np.stack(masks), len(dataset.classes)).numpy()
     return x, y
 
 
-def train_plain(run: RunDir, manifest: dict, args, seed: int) -> tuple[Path, int]:
+def train_plain(run: RunDir, dataset: DatasetRecord, args, seed: int) -> tuple[Path, int]:
     """The plainest recipe, saved like the series' models (``models/plain.keras`` and its sidecar)."""
     keras.utils.set_random_seed(seed)
-    x, y = split_arrays(run, manifest, "train")
-    val = split_arrays(run, manifest, "val")
+    x, y = split_arrays(run, dataset, "train")
+    val = split_arrays(run, dataset, "val")
 
     def flip(image, mask):
         return tf.cond(tf.random.uniform([]) < 0.5, lambda: (image[:, ::-1], mask[:, ::-1]), lambda: (image, mask))
@@ -78,26 +82,23 @@ def train_plain(run: RunDir, manifest: dict, args, seed: int) -> tuple[Path, int
                   metrics=[sm.metrics.IOUScore()])
     best = run.path("checkpoints", "plain", "best")
     history = model.fit(train, validation_data=val, epochs=1000, verbose=2, callbacks=[
-        training.TimeBudget(args.minutes),
+        TimeBudget(args.minutes),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_iou_score", mode="max", save_best_only=True,
                                         save_weights_only=True)])
     model.load_weights(str(best)).expect_partial()
-    path = run.path("models", "plain.keras")
-    model.save(str(path))
-    info = {"classes": manifest["classes"], "colors": manifest["colors"], "input_size": args.size,
-            "pixel_scale": manifest["pixel_scale"],
-            "normalization": {"order": list(range(channels)), "scale": [1 / full_scale(manifest)] * channels,
-                              "offset": [0.0] * channels}, "image": manifest["image"]}
-    write_json(path.with_suffix(".json"), info)
+    path = models.save_model(model, run.path("models", "plain.keras"))
+    scale = Normalization(list(range(channels)), [1 / full_scale(dataset)] * channels, [0.0] * channels)
+    ModelCard("unet", args.backbone, dataset.classes, dataset.colors, scale, args.size, dataset.pixel_scale,
+              ModelInput(channels, dataset.images.dtype, dataset.images.intensity)).save(path.with_suffix(".json"))
     return path, len(history.epoch)
 
 
-def score(run: RunDir, manifest: dict, model_path: Path) -> dict:
+def score(run: RunDir, dataset: DatasetRecord, model_path: Path) -> dict:
     """Notebook 04's plain score: every test image at its original size, one confusion matrix."""
-    predictor = inference.Predictor.load(model_path)
-    label_maps = lambda image: {"plain": np.argmax(inference.predict_image(predictor, image), -1)}
-    scores, _ = evaluation.score_images(data_loading.original_pairs(run, manifest, "test"), label_maps,
-                                        manifest["classes"], desc=model_path.stem)
+    predictor = Predictor.load(model_path)
+    label_maps = lambda image: {"plain": np.argmax(predict_image(predictor, image), -1)}
+    scores, _ = evaluation.score_images(original_pairs(run.root, dataset, "test"), label_maps, dataset.classes,
+                                        desc=model_path.stem)
     return {"mean_iou": scores["plain"]["mean_iou"], "per_class_iou": scores["plain"]["per_class_iou"]}
 
 
@@ -129,16 +130,16 @@ def main():
         run_dir = (args.out / f"seed{seed}").resolve()
         run_series(args.data_dir.resolve(), run_dir, args, seed)
         run = RunDir(run_dir)
-        manifest = data_loading.load_manifest(run)
+        dataset = run.read(DatasetRecord)
         if "series" in args.recipes:
-            series_epochs = len(json.loads(run.path("history", "unet.json").read_text())["epochs"])
+            series_epochs = len(run.read(History, "unet").epochs)
             results.append({"recipe": "series", "seed": seed, "epochs": series_epochs,
-                            **score(run, manifest, run.path("models", "unet.keras"))})
+                            **score(run, dataset, run.path("models", "unet.keras"))})
         if "plain" in args.recipes:
-            plain, plain_epochs = train_plain(run, manifest, args, seed)
-            results.append({"recipe": "plain", "seed": seed, "epochs": plain_epochs, **score(run, manifest, plain)})
-        print(table(results, manifest["classes"]), flush=True)
-    markdown = table(results, manifest["classes"])
+            plain, plain_epochs = train_plain(run, dataset, args, seed)
+            results.append({"recipe": "plain", "seed": seed, "epochs": plain_epochs, **score(run, dataset, plain)})
+        print(table(results, dataset.classes), flush=True)
+    markdown = table(results, dataset.classes)
     write_json(args.out / "quality.json", {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                                            "table": markdown})
     print(markdown)

@@ -16,10 +16,11 @@ budgets plus the other steps; train nothing else meanwhile, or the budgets buy u
 import argparse
 from pathlib import Path
 
-from seglab.artifacts import read_json
-from seglab.class_weights import rare_classes
 from seglab.config import load_config
+from seglab.records import DatasetRecord, Metrics, TrainingRecord
+from seglab.rundir import RunDir
 from seglab.runner import run_series
+from seglab.stats import rare_classes
 
 
 def recipes(cfg) -> dict:
@@ -36,8 +37,8 @@ def table(results: dict, classes: list, rare: list) -> str:
     lines = ["| recipe | epochs | mean IoU | " + " | ".join(f"IoU {n}" for n in names) + " |",
              "|---" * (3 + len(classes)) + "|"]
     for recipe, (scores, summary) in results.items():
-        cells = [scores["mean_iou"], *(scores["per_class_iou"][c] for c in classes)]
-        lines.append(f"| {recipe} | {summary['epochs']} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+        cells = [scores.mean_iou, *(scores.per_class_iou[c] for c in classes)]
+        lines.append(f"| {recipe} | {summary.epochs} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     return "\n".join(lines)
 
 
@@ -59,13 +60,13 @@ def main():
         run_dir = out / recipe.replace(" ", "_")
         print(f"--- {recipe} ({', '.join(extra)}) in {run_dir}", flush=True)
         run_series(args.config, overrides + extra, str(run_dir), only=["00", "01", "02", "03", "04"])
-        results[recipe] = (read_json(run_dir / "metrics.json")["models"][args.arch],
-                           read_json(run_dir / "training.json")[args.arch])
-    manifest = read_json(run_dir / "dataset" / "dataset.json")
-    rare = rare_classes(manifest["splits"]["train"]["pixels"], cfg.train.rare_threshold)
+        run = RunDir(run_dir)
+        results[recipe] = (run.read(Metrics).models[args.arch], run.read(TrainingRecord).models[args.arch])
+    dataset = run.read(DatasetRecord)
+    rare = rare_classes(dataset.splits["train"].pixels, cfg.train.rare_threshold)
     print(f"\n{args.arch}, {args.minutes:g} min of training each, test split at original size; "
           f"rare share {cfg.train.rare_share:g}, threshold {cfg.train.rare_threshold:g}\n")
-    print(table(results, manifest["classes"], rare))
+    print(table(results, dataset.classes, rare))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Speed of tiled prediction on a large image, as ratios measured in one run.
 
 Three ways to push the same windows of a 2048 x 2048 image through a U-Net:
-  ours  - seglab.inference.predict_image: windows batched, Gaussian-blended;
+  ours  - seglab.predictor.predict_image: windows batched, Gaussian-blended;
   naive - the same windows and blending, but one ``model.predict`` call per window;
   limit - the model alone on the same number of windows, already batched in memory.
 Reported in megapixels per second; the aims are ours >= 3x naive and >= 0.85x limit.
@@ -13,8 +13,11 @@ import time
 
 import numpy as np
 
-from seglab import inference, pipeline, training
-from seglab.data_loading import tile_starts
+from seglab import models
+from seglab.geometry import tile_starts
+from seglab.normalization import encoder_normalization, normalize
+from seglab.predictor import Predictor, gaussian_weight, predict_image
+from seglab.records import ModelCard, ModelInput
 
 
 def timed(fn) -> float:
@@ -26,8 +29,8 @@ def timed(fn) -> float:
 def naive(predictor, image, overlap):
     """What people write first: a predict call per window."""
     tile = predictor.tile
-    x = pipeline.normalize(image, predictor.normalization).numpy()
-    weight = inference.gaussian_weight(tile)[..., None]
+    x = normalize(image, predictor.card.normalization).numpy()
+    weight = gaussian_weight(tile)[..., None]
     total = np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32)
     weights = np.zeros(x.shape[:2] + (1,), np.float32)
     for y in tile_starts(x.shape[0], tile, overlap):
@@ -48,20 +51,21 @@ def main():
     parser.add_argument("--backbone", default="resnet18")
     args = parser.parse_args()
 
-    model = training.build_model("unet", args.backbone, 4, args.tile)
-    predictor = inference.Predictor(model, ["c0", "c1", "c2", "c3"], [[0, 0, 0]] * 4,
-                                    pipeline.encoder_normalization(args.backbone), args.tile)
+    model = models.build_model(models.ModelSpec("unet", args.backbone, 4, args.tile))
+    card = ModelCard("unet", args.backbone, ["c0", "c1", "c2", "c3"], [[0, 0, 0]] * 4,
+                     encoder_normalization(args.backbone), args.tile, [1.0, 1.0], ModelInput())
+    predictor = Predictor(model, card)
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     windows = len(tile_starts(args.size, args.tile, args.overlap)) ** 2
     batches = [np.random.default_rng(1).normal(size=(min(args.batch, windows - i), args.tile, args.tile, 3)).astype(np.float32)
                for i in range(0, windows, args.batch)]
     limit = lambda: [model.predict_on_batch(b) for b in batches]  # noqa: E731
     limit()  # trace every batch shape once
-    inference.predict_image(predictor, image[: args.tile, : args.tile])
+    predict_image(predictor, image[: args.tile, : args.tile])
     model.predict(batches[0][:1], verbose=0)
     best = {"ours": np.inf, "naive": np.inf, "limit": np.inf}
     for _ in range(args.rounds):
-        best["ours"] = min(best["ours"], timed(lambda: inference.predict_image(predictor, image, args.overlap, args.batch)))
+        best["ours"] = min(best["ours"], timed(lambda: predict_image(predictor, image, args.overlap, args.batch)))
         best["limit"] = min(best["limit"], timed(limit))
         best["naive"] = min(best["naive"], timed(lambda: naive(predictor, image, args.overlap)))
     megapixels = args.size * args.size / 1e6

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     render.add_argument("--cells-only", action="store_true",
                         help="only stamp the set-up cell, parameters and Colab badges into notebooks/ and README, no run")
     predict = commands.add_parser("predict", help="masks for new images of any size with a trained model")
-    predict.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its NAME.json lies beside it)")
+    predict.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its card NAME.json lies beside it)")
     predict.add_argument("--input", required=True, help="an image or a folder of images")
     predict.add_argument("--output", required=True, help="folder for masks, colour masks, overlays, class_areas.csv")
     predict.add_argument("--tile", type=int, help="window size; must be the model's input size (the default)")
@@ -30,9 +30,9 @@ def main(argv=None) -> int:
     predict.add_argument("--tta", action="store_true", help="average over flips (four times slower)")
     predict.add_argument("--no-overlays", action="store_true")
     export = commands.add_parser("export", help="a trained model as SavedModel, TFLite or ONNX, runnable without seglab")
-    export.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its NAME.json lies beside it)")
+    export.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its card NAME.json lies beside it)")
     export.add_argument("--format", required=True, help="savedmodel, tflite or onnx")
-    export.add_argument("--output", help="folder for the export and its NAME.json (default: RUN_DIR/export)")
+    export.add_argument("--output", help="folder for the export and its NAME.export.json (default: RUN_DIR/export)")
     export.add_argument("--quantize", help="tflite only: float16 or int8 weights (activations stay float)")
     args = parser.parse_args(argv)
     if args.command == "predict":
@@ -61,16 +61,18 @@ def main(argv=None) -> int:
 
 def _predict(args) -> int:
     from seglab import inference
+    from seglab.predictor import Predictor
+    from seglab.records import MissingInput
 
     if not 0 <= args.overlap < 1:
         print(f"error: --overlap {args.overlap} must be in [0, 1)", file=sys.stderr)
         return 1
     try:
-        predictor = inference.Predictor.load(args.model, args.tile)
+        predictor = Predictor.load(args.model, args.tile)
         result = inference.predict_folder(predictor, args.input, args.output, args.overlap, args.batch_size,
                                           args.tta, overlays=not args.no_overlays,
                                           log=lambda line: print(line, file=sys.stderr))
-    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
+    except (FileNotFoundError, ValueError, MissingInput) as e:  # DataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{len(result['predicted'])} image(s) segmented into {args.output}"
@@ -80,13 +82,16 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     from seglab import export
+    from seglab.records import MissingInput
 
     try:
-        path = export.Exporter(args.model).write(args.format, args.output, args.quantize)
-    except (FileNotFoundError, ValueError, export.Unavailable) as e:
+        exporter = export.Exporter(args.model)
+        path = exporter.write(args.format, args.output, args.quantize)
+    except (FileNotFoundError, ValueError, export.Unavailable, MissingInput) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{path} ({export.size_mb(path):.1f} MB): uint8 RGB images in, float32 probabilities and uint8 classes out")
+    print(f"{path} ({export.size_mb(path):.1f} MB): {exporter.describe_input()} in, float32 probabilities and uint8 "
+          "classes out")
     return 0
 
 

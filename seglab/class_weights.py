@@ -1,36 +1,18 @@
-"""Step 02: class weights from the training split's pixel counts.
+"""Step 02: class weights from the training split's pixel counts, which notebook 01 counted.
 
-Counts are streamed one mask at a time (a bincount each), so memory does not depend on the
-dataset size. Weights reach training through the loss (Dice and cross-entropy take
-per-class weights); Keras' ``fit(class_weight=)`` does not apply to per-pixel targets.
+Weights reach training through the loss (Dice and cross-entropy take per-class weights);
+Keras' ``fit(class_weight=)`` weighs whole samples and does not apply to per-pixel targets.
 """
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
-from seglab import data_loading
-from seglab.artifacts import RunDir, read_json, write_json
+from seglab import plots
 from seglab.config import WEIGHT_SCHEMES
-from seglab.sources import IGNORE
-
-
-def pixel_counts(masks, num_classes: int, total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of each class, and labelled pixels of the images in which each class appears (for
-    SegNet's scheme), from class-index masks (arrays, or paths to PNGs) streamed one at a time;
-    ignored pixels (value 255) belong to no class and count for neither."""
-    counts = np.zeros(num_classes, np.int64)
-    present_in = np.zeros(num_classes, np.int64)
-    for mask in tqdm(masks, total=total, desc="counting pixels"):
-        mask = np.asarray(Image.open(mask)) if isinstance(mask, (str, Path)) else mask
-        per_class = np.bincount(mask.ravel(), minlength=IGNORE + 1)[:num_classes]
-        counts += per_class
-        present_in[per_class > 0] += per_class.sum()
-    return counts, present_in
+from seglab.records import ClassWeights, DatasetRecord
+from seglab.rundir import RunDir
 
 
 def compute_weights(counts, scheme: str, max_ratio: float | None = None, present_in=None,
@@ -73,42 +55,23 @@ def compute_weights(counts, scheme: str, max_ratio: float | None = None, present
     return weights
 
 
-def rare_classes(counts, threshold: float) -> list[int]:
-    """The classes that ``train.sampling: rare`` forces into a share of each batch.
-
-    Rule: every class present in the training split with less than ``threshold`` of its
-    labelled pixels; when none is that rare, the least frequent present class (with a single
-    foreground class, that is nnU-Net's foreground oversampling). An absent class cannot be drawn.
-    """
-    counts = np.asarray(counts, np.float64)
-    present = np.flatnonzero(counts > 0)
-    rare = [int(c) for c in present if counts[c] < threshold * counts.sum()]
-    return rare or [int(present[np.argmin(counts[present])])]
-
-
-def write_class_weights(run: RunDir, cfg) -> dict:
-    manifest = data_loading.load_manifest(run)
-    masks = (mask for _, _, mask in data_loading.read_samples(data_loading.split_shards(run, manifest, "train"), images=False))
-    counts, present_in = pixel_counts(masks, len(manifest["classes"]), manifest["splits"]["train"]["items"])
-    scheme = cfg.class_weights
-    weights = compute_weights(counts, scheme.scheme, scheme.max_ratio, present_in, manifest["classes"])
-    result = {"scheme": scheme.scheme, "max_ratio": scheme.max_ratio, "classes": manifest["classes"],
-              "counts": counts.tolist(), "share": (counts / counts.sum()).tolist(), "weights": weights.tolist()}
-    run.start("class_weights")
-    write_json(run.path("class_weights.json"), result)
-    run.record("class_weights", {"class_weights": "class_weights.json"}, config=cfg, inputs=("data",))
+def write_class_weights(run: RunDir, cfg) -> ClassWeights:
+    """Run step 02: weights from the dataset record's training pixel counts; ``class_weights.json``."""
+    step = run.begin("class_weights", cfg)
+    dataset = step.read(DatasetRecord)
+    train = dataset.splits["train"]
+    counts = np.asarray(train.pixels)
+    weights = compute_weights(counts, cfg.class_weights.scheme, cfg.class_weights.max_ratio, train.present_in,
+                              dataset.classes)
+    result = ClassWeights(cfg.class_weights.scheme, cfg.class_weights.max_ratio, dataset.classes, counts.tolist(),
+                          (counts / counts.sum()).tolist(), weights.tolist())
+    step.save(result)
+    step.finish()
     return result
 
 
-def load_class_weights(run: RunDir) -> dict:
-    return read_json(run.output("class_weights", "class_weights"))
-
-
-def weights_figure(result: dict):
-    from seglab import plots
-
-    share = np.array(result["share"]) * 100
-    weights = np.array(result["weights"])
-    return plots.grouped_bars({"% of training pixels": share.tolist(), "weight": weights.tolist()},
-                              result["classes"], "value (log scale)",
-                              f"Class frequency against weight ({result['scheme']})", log=True)
+def weights_figure(result: ClassWeights):
+    share = np.array(result.share) * 100
+    return plots.grouped_bars({"% of training pixels": share.tolist(), "weight": list(result.weights)},
+                              result.classes, "value (log scale)",
+                              f"Class frequency against weight ({result.scheme})", log=True)

@@ -3,7 +3,8 @@
 Not a toy: textured, noisy backgrounds of varying colour; discs and bars of many sizes that
 touch and overlap (the one drawn last wins, as in a real occlusion); and small specks that
 cover under 3% of the pixels, so the rare-class problem that class weights address is real.
-Deterministic from the seed.
+Deterministic from the seed. Beside the training images, a large scene of the same objects
+(``scene/``) shows notebook 06 predicting an image many windows wide.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from seglab.artifacts import atomic_dir
+from seglab.atomic import atomic_dir
 
-VERSION = 2  # part of the cache folder's name: bump it whenever the generated images change
+VERSION = 3  # part of the cache folder's name: bump it whenever the generated images change
 CLASSES = ["background", "disc", "bar", "speck"]
 COLORS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]
 
@@ -76,18 +77,26 @@ def make_sample(rng: np.random.Generator, size: int, object_scale: int | None = 
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+SCENE = ("scene/large_scene.png", "scene/large_scene_truth.png")  # image and mask, in the dataset's root
+SCENE_FACTOR = 8  # the scene's side, in training images' sides
+
+
 def generate_demo_dataset(root: str | Path, num_images: int, size: int, seed: int) -> Path:
-    """Write ``root/images``, ``root/masks`` and ``root/classes.json`` (the folder layout); reuse if present."""
+    """Write ``root/images``, ``root/masks``, ``root/classes.json`` (the folder layout) and the large scene
+    (:data:`SCENE`); reuse them if present."""
     root = Path(root)
     if (root / "classes.json").exists():
         return root
     rng = np.random.default_rng(seed)
     with atomic_dir(root) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
+        for sub in ("images", "masks", "scene"):
+            (tmp / sub).mkdir()
         for i in range(num_images):
             image, mask = make_sample(rng, size)
             Image.fromarray(image).save(tmp / "images" / f"demo_{i:04d}.png")
             Image.fromarray(mask).save(tmp / "masks" / f"demo_{i:04d}.png")
+        scene, truth = make_sample(np.random.default_rng(seed + 7), size * SCENE_FACTOR, object_scale=size)
+        for array, rel in zip((scene, truth), SCENE):
+            Image.fromarray(array).save(tmp / rel)
         (tmp / "classes.json").write_text(json.dumps({"classes": CLASSES, "colors": COLORS}))
     return root

@@ -1,7 +1,7 @@
 """Step 04: every model scored as its user gets it, from one confusion matrix per split.
 
 Each validation and test image is predicted at its original size, by the same
-:class:`~seglab.inference.Predictor` that notebook 06 and ``seglab predict`` use, and
+:class:`~seglab.predictor.Predictor` that notebook 06 and ``seglab predict`` use, and
 compared with its original mask. Images stream through one at a time: a confusion matrix
 per (option, split) is all that is kept, so memory does not grow with the dataset.
 Options that could be tuned (test-time flips, removing small components, opening) are
@@ -25,8 +25,13 @@ from PIL import Image
 from skimage import measure, morphology
 from tqdm import tqdm
 
-from seglab import data_loading, inference, metrics, pipeline, training
-from seglab.artifacts import RunDir, atomic_dir, read_json, write_json, write_text
+from seglab import metrics, models, predictor
+from seglab.atomic import atomic_dir, write_text
+from seglab.normalization import input_normalization
+from seglab.predictor import Predictor
+from seglab.records import DatasetRecord, Metrics, ModelScores, TrainingRecord
+from seglab.rundir import RunDir
+from seglab.shards import original_pairs
 
 
 EXTREMES = 2  # the best and the worst this many test images per model keep their prediction PNG (notebook 05)
@@ -47,12 +52,6 @@ def postprocess(labels: np.ndarray, min_size: int = 0, opening: bool = False) ->
             kept = kept & (np.bincount(components.ravel()) >= min_size)[components]
         out[region & ~kept] = 0
     return out
-
-
-def best_and_worst(per_image_iou: dict, count: int = EXTREMES) -> tuple[list[str], list[str]]:
-    """The ``count`` images with the highest and with the lowest IoU; on a tie, the later image ranks higher."""
-    ranked = sorted(per_image_iou, key=lambda i: per_image_iou[i])
-    return ranked[::-1][:count], ranked[:count]
 
 
 class PredictionSaver:
@@ -122,67 +121,64 @@ def _name(variant: dict) -> str:
     return "+".join(p for p in parts if p) or "plain"
 
 
-def variant_labels(predictor, image: np.ndarray, variants: list[dict], cfg) -> dict:
+def variant_labels(model: Predictor, image: np.ndarray, variants: list[dict], cfg) -> dict:
     """The label map of every option for one image; each test-time setting is predicted once."""
-    probabilities = {tta: inference.predict_image(predictor, image, cfg.inference.tile_overlap, cfg.inference.batch_size, tta)
+    probabilities = {tta: predictor.predict_image(model, image, cfg.inference.tile_overlap, cfg.inference.batch_size, tta)
                      for tta in {v["tta"] for v in variants}}
     return {_name(v): postprocess(np.argmax(probabilities[v["tta"]], -1).astype(np.uint8), v["min_component_size"],
                                   v["opening"]) for v in variants}
 
 
-def evaluate_model(predictor, cfg, run: RunDir, manifest: dict, out_dir: Path | None = None) -> dict:
+def evaluate_model(model: Predictor, cfg, run: RunDir, dataset: DatasetRecord, out_dir: Path | None = None) -> ModelScores:
     """Pick the option with the best validation mean IoU; report plain and chosen on test."""
-    classes, variants = manifest["classes"], _variants(cfg)
-    label_maps = lambda image: variant_labels(predictor, image, variants, cfg)
-    val, _ = score_images(data_loading.original_pairs(run, manifest, "val"), label_maps, classes, desc="validation")
+    classes, variants = dataset.classes, _variants(cfg)
+    label_maps = lambda image: variant_labels(model, image, variants, cfg)
+    val, _ = score_images(original_pairs(run.root, dataset, "val"), label_maps, classes, desc="validation")
     options = {_name(v): v for v in variants}
     simplest_first = lambda k: (val[k]["mean_iou"], -sum(map(bool, options[k].values())))
     chosen = max(val, key=simplest_first)  # on a tie, the option with fewer parts
     saver = PredictionSaver(out_dir, cfg.evaluation.saved_predictions) if out_dir is not None else None
-    test, per_image = score_images(data_loading.original_pairs(run, manifest, "test"), label_maps, classes,
+    test, per_image = score_images(original_pairs(run.root, dataset, "test"), label_maps, classes,
                                    keep=chosen, saver=saver, desc="test")
-    return {
+    return ModelScores(
         **test["plain"],
-        "per_image_iou": per_image,  # of the chosen option
-        "saved_predictions": saver.finish() if saver else [],  # predictions/ARCH/STEM.png: the first ones, best, worst
-        "selected_on_val": {**options[chosen], "name": chosen},
-        "variants": {k: {"val_mean_iou": val[k]["mean_iou"], "test_mean_iou": test[k]["mean_iou"]} for k in options},
-        "with_selected": {k: test[chosen][k] for k in ("mean_iou", "mean_dice", "pixel_accuracy", "per_class_iou")},
-    }
+        per_image_iou=per_image,  # of the chosen option
+        saved_predictions=saver.finish() if saver else [],  # predictions/ARCH/STEM.png: the first ones, best, worst
+        selected_on_val={**options[chosen], "name": chosen},
+        variants={k: {"val_mean_iou": val[k]["mean_iou"], "test_mean_iou": test[k]["mean_iou"]} for k in options},
+        with_selected={k: test[chosen][k] for k in ("mean_iou", "mean_dice", "pixel_accuracy", "per_class_iou")})
 
 
-def evaluate_all(cfg, run: RunDir, log=print) -> dict:
-    """Score every trained model on the test split; write metrics.json, comparison.csv and predictions/."""
-    manifest = data_loading.load_manifest(run)
-    summaries = training.load_training(run)
-    run.start("evaluation")
+def evaluate_all(cfg, run: RunDir, log=print) -> Metrics:
+    """Run step 04: score every trained model on the test split; metrics.json, comparison.csv and predictions/."""
+    step = run.begin("evaluation", cfg)
+    dataset, trained = step.read(DatasetRecord), step.read(TrainingRecord)
     results = {}
     with atomic_dir(run.path("predictions")) as out:
-        for arch, summary in summaries.items():
+        for arch, summary in trained.models.items():
             log(f"evaluating {arch} ...")
             (out / arch).mkdir()
-            predictor = inference.Predictor.load(run.path(summary["model"]))
-            results[arch] = evaluate_model(predictor, cfg, run, manifest, out / arch)
-    report = {"split": "test", "resolution": "original", "classes": manifest["classes"], "models": results}
-    write_json(run.path("metrics.json"), report)
-    write_text(run.path("comparison.csv"), comparison_csv(report))
-    run.record("evaluation", {"metrics": "metrics.json", "comparison": "comparison.csv", "predictions": "predictions"},
-               config=cfg, inputs=("data", "training"))
+            results[arch] = evaluate_model(Predictor.load(run.path(summary.model)), cfg, run, dataset, out / arch)
+    report = Metrics("test", "original", dataset.classes, results)
+    step.save(report)
+    step.wrote(write_text(run.path("comparison.csv"), comparison_csv(report)))
+    step.wrote("predictions")
+    step.finish()
     return report
 
 
-def comparison_rows(report: dict) -> list[dict]:
+def comparison_rows(report: Metrics) -> list[dict]:
     rows = []
-    for name, m in report["models"].items():
-        row = {"model": name, "mean_iou": m["mean_iou"], "mean_dice": m["mean_dice"],
-               "pixel_accuracy": m["pixel_accuracy"], "frequency_weighted_iou": m["frequency_weighted_iou"]}
-        row.update({f"iou_{c}": m["per_class_iou"][c] for c in report["classes"]})
-        row.update({"selected_on_val": m["selected_on_val"]["name"], "mean_iou_with_selected": m["with_selected"]["mean_iou"]})
+    for name, m in report.models.items():
+        row = {"model": name, "mean_iou": m.mean_iou, "mean_dice": m.mean_dice, "pixel_accuracy": m.pixel_accuracy,
+               "frequency_weighted_iou": m.frequency_weighted_iou}
+        row.update({f"iou_{c}": m.per_class_iou[c] for c in report.classes})
+        row.update({"selected_on_val": m.selected_on_val["name"], "mean_iou_with_selected": m.with_selected["mean_iou"]})
         rows.append(row)
     return rows
 
 
-def comparison_csv(report: dict) -> str:
+def comparison_csv(report: Metrics) -> str:
     rows = comparison_rows(report)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
@@ -191,9 +187,9 @@ def comparison_csv(report: dict) -> str:
     return out.getvalue()
 
 
-def comparison_markdown(report: dict) -> str:
+def comparison_markdown(report: Metrics) -> str:
     """The comparison table as Markdown, for the notebook and the README."""
-    classes = report["classes"]
+    classes = report.classes
     head = ["model", "mean IoU", *[f"IoU {c}" for c in classes], "mean Dice", "pixel acc.", "chosen on val", "mean IoU after"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in comparison_rows(report):
@@ -203,32 +199,26 @@ def comparison_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def load_metrics(run: RunDir) -> dict:
-    return read_json(run.output("evaluation", "metrics"))
-
-
 def baselines(cfg, run: RunDir, split: str = "val") -> dict:
     """Each trained model beside what it must beat: the majority class everywhere, and the same network untrained.
 
     One pass over the split's original images, scored like notebook 04 (no options).
     """
-    manifest = data_loading.load_manifest(run)
-    classes = manifest["classes"]
-    majority = int(np.argmax(manifest["splits"]["train"]["pixels"]))
-    predictors = {arch: inference.Predictor.load(run.path(s["model"])) for arch, s in training.load_training(run).items()}
-    norm = pipeline.input_normalization(manifest["image"], cfg.model.backbone)
+    dataset = run.read(DatasetRecord)
+    majority = int(np.argmax(dataset.splits["train"].pixels))
+    predictors = {arch: Predictor.load(run.path(s.model)) for arch, s in run.read(TrainingRecord).models.items()}
+    norm = input_normalization(dataset.images, cfg.model.backbone)
     for arch in cfg.model.architectures:
-        untrained = training.build_model(arch, cfg.model.backbone, len(classes), manifest["image_size"], None,
-                                         cfg.model.pspnet_downsample_factor, channels=manifest["image"]["channels"])
-        predictors[f"{arch} untrained"] = inference.Predictor(untrained, classes, manifest["colors"], norm,
-                                                              manifest["image_size"], tuple(manifest["pixel_scale"]))
+        spec = models.ModelSpec.of(arch, cfg, dataset)
+        spec.encoder_weights = None
+        predictors[f"{arch} untrained"] = Predictor(models.build_model(spec), models.card_for(spec, dataset, norm))
 
     def label_maps(image):
         maps = {"majority class": np.full(image.shape[:2], majority, np.uint8)}
-        for name, predictor in predictors.items():
-            maps[name] = np.argmax(inference.predict_image(predictor, image, cfg.inference.tile_overlap,
+        for name, model in predictors.items():
+            maps[name] = np.argmax(predictor.predict_image(model, image, cfg.inference.tile_overlap,
                                                            cfg.inference.batch_size), -1)
         return maps
 
-    scores, _ = score_images(data_loading.original_pairs(run, manifest, split), label_maps, classes, desc=split)
+    scores, _ = score_images(original_pairs(run.root, dataset, split), label_maps, dataset.classes, desc=split)
     return scores

@@ -7,12 +7,13 @@ Every format holds the same graph, built by :func:`serving_module`:
   is free; height and width are fixed at S, as the model was built (use
   ``seglab predict`` or your own sliding windows for other sizes);
 - inside: the normalisation (channel order, scale, offset: the encoder's, or the training
-  split's statistics; read from the model's ``.json`` sidecar at export time), then the network;
+  split's statistics; read from the model's card at export time), then the network;
 - outputs ``probabilities`` (float32, (N, S, S, classes), softmax) and ``classes``
   (uint8, (N, S, S), the most probable class of each pixel).
 
 SavedModel and TFLite come from TensorFlow itself, ONNX from ``tf2onnx``. A small JSON
-beside the export names the classes, colours and this contract; the model does not need it.
+beside the export, ``ARCH.export.json`` (:class:`~seglab.records.ExportCard`), names the
+classes, colours and this contract; the model does not need it.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab import pipeline
-from seglab.artifacts import RunDir, atomic_dir, atomic_file, write_json
+from seglab.atomic import atomic_dir, atomic_file
 from seglab.backend import tf
-from seglab.inference import RGB8_INPUT, model_info
+from seglab.models import load_model
+from seglab.normalization import normalize
+from seglab.records import ExportCard, ModelCard, TrainingRecord
+from seglab.rundir import RunDir, Step
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")  # TFLite only: float16 weights, or int8 weights with float activations
@@ -37,7 +40,7 @@ class Unavailable(RuntimeError):
     """A format that cannot be written here; the message says why and what to install."""
 
 
-def serving_module(model, normalization: dict, dtype: str = "uint8"):
+def serving_module(model, normalization, dtype: str = "uint8"):
     """A ``tf.Module`` whose ``serve``: images of ``dtype`` in, normalisation and network inside, probabilities and classes out."""
     size, channels = model.input_shape[1], model.input_shape[-1]
     module = tf.Module()
@@ -45,7 +48,7 @@ def serving_module(model, normalization: dict, dtype: str = "uint8"):
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, channels], dtype, name="images")])
     def serve(images):
-        probabilities = model(pipeline.normalize(images, normalization), training=False)
+        probabilities = model(normalize(images, normalization), training=False)
         return {"probabilities": probabilities, "classes": tf.cast(tf.argmax(probabilities, -1), tf.uint8)}
 
     module.serve = serve
@@ -58,19 +61,19 @@ def file_name(arch: str, fmt: str, quantize: str | None = None) -> str:
 
 
 class Exporter:
-    """One trained model (``RUN/models/ARCH.keras`` and its ``.json``), loaded and traced once, written in any format."""
+    """One trained model (``RUN/models/ARCH.keras`` and its card), loaded and traced once, written in any format."""
 
     def __init__(self, model_path: str | Path):
-        from seglab.training import load_model
-
         self.model_path = Path(model_path)
-        self.info = model_info(self.model_path)
-        self.image = self.info.get("image", RGB8_INPUT)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"{self.model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
+        self.card = ModelCard.beside(self.model_path)
         self.model = load_model(self.model_path)
-        self.module = serving_module(self.model, self.info["normalization"], self.image["dtype"])
+        self.module = serving_module(self.model, self.card.normalization, self.card.input.dtype)
+        self.written: list[str] = []  # the files this exporter wrote, which its card lists
 
     def write(self, fmt: str, output_dir: str | Path | None = None, quantize: str | None = None) -> Path:
-        """The export in ``output_dir`` (default ``RUN/export``), a folder for SavedModel, with ``ARCH.json`` beside it."""
+        """The export in ``output_dir`` (default ``RUN/export``), a folder for SavedModel, with its card beside it."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         if quantize and (fmt != "tflite" or quantize not in QUANTIZATIONS):
@@ -88,27 +91,35 @@ class Exporter:
                 convert = _import_tf2onnx().convert
                 atomic_file(target, lambda tmp: convert.from_function(serve, input_signature=serve.input_signature,
                                                                       opset=ONNX_OPSET, output_path=str(tmp)))
-        self._write_sidecar(output_dir)
+        self.written = [*dict.fromkeys([*self.written, target.name])]
+        self.export_card(self.written).save(output_dir / ExportCard.where(self.model_path.stem))
         return target
 
     def reference(self, images: np.ndarray) -> np.ndarray:
         """The Keras model's probabilities for images as the export takes them, normalised by seglab as in training."""
-        return self.model.predict(pipeline.normalize(images, self.info["normalization"]), verbose=0)
+        return self.model.predict(normalize(images, self.card.normalization), verbose=0)
 
-    def _write_sidecar(self, output_dir: Path) -> None:
-        info, size, image = self.info, self.info["input_size"], self.image
-        rgb = image["dtype"] == "uint8" and image["channels"] == 3
+    def describe_input(self) -> str:
+        """What the export takes, in words: ``uint8 images of [N, 96, 96, 3] (RGB)``."""
+        card = self.card
+        rgb = card.input.dtype == "uint8" and card.input.channels == 3
+        return (f"{card.input.dtype} images of [N, {card.input_size}, {card.input_size}, {card.input.channels}]"
+                + (" (RGB)" if rgb else " (channels in the training images' order)"))
+
+    def export_card(self, files: list[str]) -> ExportCard:
+        card, size = self.card, self.card.input_size
         stretched = {"intensity": "16-bit and float images: first stretch each channel to 0-255 by its own 0.5 and 99.5 "
                                   "percentiles"}
-        write_json(output_dir / f"{self.model_path.stem}.json", {
-            "architecture": info["architecture"], "backbone": info["backbone"], "classes": info["classes"],
-            "colors": info["colors"], "pixel_scale": info.get("pixel_scale", [1.0, 1.0]),
-            "input": {"name": "images", "dtype": image["dtype"], "shape": [None, size, size, image["channels"]],
-                      "channels": "RGB" if rgb else "in the order of the training images' channels",
-                      "normalization": "inside the model", **(stretched if image["intensity"] == "per_image" else {})},
-            "outputs": {"probabilities": {"dtype": "float32", "shape": [None, size, size, len(info["classes"])]},
-                        "classes": {"dtype": "uint8", "shape": [None, size, size]}},
-        })
+        return ExportCard(
+            architecture=card.architecture, backbone=card.backbone, classes=card.classes, colors=card.colors,
+            pixel_scale=card.pixel_scale,
+            input={"name": "images", "dtype": card.input.dtype, "shape": [None, size, size, card.input.channels],
+                   "channels": "RGB" if card.input.dtype == "uint8" and card.input.channels == 3
+                   else "in the order of the training images' channels",
+                   "normalization": "inside the model", **(stretched if card.input.intensity == "per_image" else {})},
+            outputs={"probabilities": {"dtype": "float32", "shape": [None, size, size, len(card.classes)]},
+                     "classes": {"dtype": "uint8", "shape": [None, size, size]}},
+            files=files)
 
 
 def load_exported(path: str | Path):
@@ -147,11 +158,19 @@ def size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
 
 
-def record(cfg, run: RunDir, arch: str, exports: dict, checks: dict) -> None:
-    """Register step 07: every exported file, the sidecar, and the parity figures."""
-    outputs = {name: str(Path(path).relative_to(run.root)) for name, path in exports.items()}
-    outputs["info"] = f"export/{arch}.json"
-    run.record("export", outputs, config=cfg, inputs=("training",), parity=checks)
+def begin(run: RunDir, cfg, arch: str | None = None) -> tuple[Step, Exporter]:
+    """Start step 07: the trained model of ``arch`` (the config's first architecture), loaded and traced once."""
+    step = run.begin("export", cfg)
+    trained = step.read(TrainingRecord)
+    return step, Exporter(run.path(trained.models[arch or cfg.model.architectures[0]].model))
+
+
+def record(step: Step, exporter: Exporter, exports: dict, checks: dict):
+    """Register step 07: every exported file, the export card, and the parity figures."""
+    for path in exports.values():
+        step.wrote(path)
+    step.wrote(Path("export") / ExportCard.where(exporter.model_path.stem))
+    return step.finish(parity=checks)
 
 
 def _tflite(module, quantize: str | None) -> bytes:

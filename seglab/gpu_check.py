@@ -1,23 +1,13 @@
 """Step 00: what this machine offers, written to ``env.json`` so later runs can be compared."""
 from __future__ import annotations
 
-import shutil
-import subprocess
-
-from seglab.artifacts import RunDir, versions, write_json
 from seglab.backend import keras, sm, tf
+from seglab.machine import nvidia_smi, versions
+from seglab.records import Environment
+from seglab.rundir import RunDir
 
 
-def nvidia_smi() -> list[str]:
-    """Name and memory of each GPU as the driver reports it; empty without a driver."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    result = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True, timeout=30)
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
-
-
-def environment_report() -> dict:
+def environment_report() -> Environment:
     build = tf.sysconfig.get_build_info()
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
@@ -25,32 +15,26 @@ def environment_report() -> dict:
         gpus.append({"device": device.name, "name": details.get("device_name"),
                      "compute_capability": details.get("compute_capability")})
     tpu = bool(tf.config.list_logical_devices("TPU"))
-    accelerator = "TPU" if tpu else ("GPU" if gpus else "CPU")
-    return {
-        "accelerator": accelerator,
-        "gpus": gpus,
-        "nvidia_smi": nvidia_smi(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "segmentation_models": sm.__version__,
-        "built_with_cuda": tf.test.is_built_with_cuda(),
-        "cuda_build_version": build.get("cuda_version"),
-        "cudnn_build_version": build.get("cudnn_version"),
-        "cpu_count": len(tf.config.list_physical_devices("CPU")),
-        "versions": versions(),
-    }
+    return Environment(
+        accelerator="TPU" if tpu else ("GPU" if gpus else "CPU"), gpus=gpus, nvidia_smi=nvidia_smi(),
+        tensorflow=tf.__version__, keras=keras.__version__, segmentation_models=sm.__version__,
+        built_with_cuda=tf.test.is_built_with_cuda(), cuda_build_version=build.get("cuda_version"),
+        cudnn_build_version=build.get("cudnn_version"), cpu_count=len(tf.config.list_physical_devices("CPU")),
+        versions=versions())
 
 
-def advice(report: dict) -> str:
-    if report["accelerator"] == "CPU":
+def advice(report: Environment) -> str:
+    if report.accelerator == "CPU":
         return ("No GPU found: training runs on the CPU. configs/demo.yaml is sized for that (minutes); "
                 "configs/colab_t4.yaml expects a GPU such as Colab's T4.")
-    names = ", ".join(g["name"] or g["device"] for g in report["gpus"]) or report["accelerator"]
-    return f"{report['accelerator']} found ({names}): mixed precision will be used for training."
+    names = ", ".join(g["name"] or g["device"] for g in report.gpus) or report.accelerator
+    return f"{report.accelerator} found ({names}): mixed precision will be used for training."
 
 
-def write_report(run: RunDir, cfg) -> dict:
+def write_report(run: RunDir, cfg) -> Environment:
+    """Run step 00: ``env.json``."""
+    step = run.begin("gpu_check", cfg)
     report = environment_report()
-    write_json(run.path("env.json"), report)
-    run.record("gpu_check", {"env": "env.json"}, config=cfg)
+    step.save(report)
+    step.finish()
     return report

@@ -1,13 +1,16 @@
-"""Every score from one confusion matrix, accumulated over a whole split.
+"""Every score from one confusion matrix, accumulated over a whole split; in NumPy for notebook 04, in Keras for training.
 
 Scores averaged per batch are biased (a batch with no pixels of a class scores it 0 or 1);
 summing the counts first and dividing once is the dataset-level definition used in papers.
+The Keras metric :class:`MeanIoU` computes the same mean IoU during training, so the epoch
+kept by the checkpoint is the one notebook 04 would rank best.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from seglab.sources import IGNORE
+from seglab.backend import keras, tf
+from seglab.readers import IGNORE
 
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
@@ -55,3 +58,45 @@ def image_mean_iou(cm: np.ndarray) -> float:
     tp, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
     seen = union > 0
     return float(np.mean(tp[seen] / union[seen])) if seen.any() else 1.0
+
+
+def best_and_worst(per_image_iou: dict, count: int = 2) -> tuple[list[str], list[str]]:
+    """The ``count`` images with the highest and with the lowest IoU; on a tie, the later image ranks higher."""
+    ranked = sorted(per_image_iou, key=lambda i: per_image_iou[i])
+    return ranked[::-1][:count], ranked[:count]
+
+
+class MeanIoU(keras.metrics.Metric):
+    """Dataset-level mean IoU of the argmax, from one confusion matrix per epoch, as notebook 04 scores.
+
+    segmentation_models' ``IOUScore`` thresholds each class's probability, averages over
+    batches and scores a class absent from a batch as about 1; choosing checkpoints by it
+    need not choose the model with the best reported score. Ignored pixels (all-zero
+    one-hot rows) are left out; the mean is over classes present in the truth.
+    """
+
+    def __init__(self, num_classes: int, name: str = "mean_iou", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.confusion = self.add_weight("confusion", shape=(num_classes, num_classes), initializer="zeros",
+                                         dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labelled = tf.reduce_sum(y_true, axis=-1) > 0
+        truth = tf.boolean_mask(tf.argmax(y_true, axis=-1), labelled)
+        predicted = tf.boolean_mask(tf.argmax(y_pred, axis=-1), labelled)
+        self.confusion.assign_add(tf.math.confusion_matrix(truth, predicted, self.num_classes, dtype=tf.float64))
+
+    def result(self):
+        tp = tf.linalg.diag_part(self.confusion)
+        truth, predicted = tf.reduce_sum(self.confusion, 1), tf.reduce_sum(self.confusion, 0)
+        iou = tf.math.divide_no_nan(tp, truth + predicted - tp)
+        present = truth > 0
+        return tf.math.divide_no_nan(tf.reduce_sum(tf.boolean_mask(iou, present)),
+                                     tf.cast(tf.math.count_nonzero(present), tf.float64))
+
+    def reset_state(self):
+        self.confusion.assign(tf.zeros_like(self.confusion))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}

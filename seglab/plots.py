@@ -1,4 +1,4 @@
-"""Figures shared by several notebooks: colour masks, legends, sample grids, bar charts.
+"""Figures shared by several notebooks: colour masks, legends, image grids, bar charts, training curves.
 
 Every function returns a matplotlib Figure; :func:`save` writes it into the run folder's
 ``figures/`` atomically, under a name that says what it shows.
@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from seglab.artifacts import RunDir, save_figure
-from seglab.sources import IGNORE, stretch
+from seglab.atomic import save_figure
+from seglab.readers import IGNORE, stretch
 
 IGNORE_COLOR = [128, 128, 128]  # neutral grey for pixels the labels leave out
 
@@ -24,10 +24,17 @@ def colorize(mask: np.ndarray, colors: list) -> np.ndarray:
 
 def display(image: np.ndarray) -> np.ndarray:
     """A uint8 RGB view of any (H, W, C) image: the first three channels, or the first as grey when
-    there are fewer; stretched per channel (:func:`sources.stretch`) unless 8-bit."""
+    there are fewer; stretched per channel (:func:`readers.stretch`) unless 8-bit."""
     view = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
     view = view if view.dtype == np.uint8 else stretch(view)
     return np.repeat(view, 3 // view.shape[2], axis=2)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colors: list, alpha: float = 0.45) -> np.ndarray:
+    """The colour mask over the image (as :func:`display` shows it); background (class 0) left clear."""
+    image = display(image)
+    colored = colorize(mask, colors).astype(np.float32)
+    return np.where(mask[..., None] > 0, (1 - alpha) * image + alpha * colored, image).astype(np.uint8)
 
 
 def add_legend(fig, classes: list, colors: list) -> None:
@@ -73,7 +80,24 @@ def grouped_bars(values: dict[str, list[float]], labels: list[str], ylabel: str,
     return fig
 
 
-def save(fig, run: RunDir, name: str, dpi: int = 100):
-    """Write ``figures/NAME.png`` in the run folder and return the figure for display."""
+def curves_figure(histories: dict):
+    """Loss and validation IoU per epoch of every architecture (``{arch: History}``), on one figure."""
+    fig, (loss_ax, iou_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for arch, history in histories.items():
+        epochs = history.epochs
+        x = [int(e["epoch"]) + 1 for e in epochs]
+        line, = loss_ax.plot(x, [e["loss"] for e in epochs], label=f"{arch} train")
+        loss_ax.plot(x, [e["val_loss"] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
+        iou_ax.plot(x, [e["mean_iou"] for e in epochs], color=line.get_color(), label=f"{arch} train")
+        iou_ax.plot(x, [e["val_mean_iou"] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: validation)")
+    iou_ax.set(xlabel="epoch", ylabel="mean IoU", title="Mean IoU (solid: train, dashed: validation)", ylim=(0, 1))
+    iou_ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, run, name: str, dpi: int = 100):
+    """Write ``figures/NAME.png`` in the run folder (a :class:`~seglab.rundir.RunDir`) and return the figure."""
     save_figure(fig, run.path("figures", f"{name}.png"), dpi=dpi)
     return fig

@@ -22,8 +22,12 @@ import nbformat
 from PIL import Image
 
 from seglab import colab
-from seglab.artifacts import RunDir, atomic_file, write_text
+from seglab.atomic import atomic_file, write_text
+from seglab.config import Config
+from seglab.records import Metrics
+from seglab.rundir import RunDir
 from seglab.runner import NOTEBOOK_DIR, run_series, series
+from seglab.settings import reference_markdown
 
 REPO = NOTEBOOK_DIR.parent
 NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|.*(\d+|\?)it/s\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
@@ -81,18 +85,15 @@ def update_readme(run: RunDir, readme: Path = REPO / "README.md", figure_dir: Pa
     """Replace the README's demo-results section with this run's table and figures."""
     from seglab import evaluation
 
-    report = evaluation.load_metrics(run)
+    report = run.read(Metrics)
     figure_dir.mkdir(exist_ok=True)
     for name in README_FIGURES:
         data = downscale_png(run.path("figures", f"{name}.png").read_bytes(), 800)
         atomic_file(figure_dir / f"{name}.png", lambda tmp: tmp.write_bytes(data))
     timings = run.path("timings.txt").read_text().strip() if run.path("timings.txt").exists() else ""
     images = "\n".join(f"![{n}](notebooks/figures/{n}.png)" for n in README_FIGURES)
-    section = (f"<!-- demo-results:start -->\n{evaluation.comparison_markdown(report)}\n\n{timings}\n\n{images}\n"
-               f"<!-- demo-results:end -->")
-    text = readme.read_text()
-    text = re.sub(r"<!-- demo-results:start -->.*<!-- demo-results:end -->", lambda _: section, text, flags=re.S)
-    write_text(readme, text)
+    body = f"{evaluation.comparison_markdown(report)}\n\n{timings}\n\n{images}"
+    write_text(readme, _replace_section(readme.read_text(), "demo-results", body))
 
 
 BADGE = re.compile(r"^\[!\[Open In Colab\]\(.*$", re.M)
@@ -133,8 +134,20 @@ def badge_table() -> str:
     return "\n".join(["| notebook | |", "|---|---|", *rows])
 
 
+def _replace_section(text: str, marker: str, body: str) -> str:
+    """``text`` with what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` replaced by ``body``."""
+    section = f"<!-- {marker}:start -->\n{body}\n<!-- {marker}:end -->"
+    return re.sub(f"<!-- {marker}:start -->.*<!-- {marker}:end -->", lambda _: section, text, flags=re.S)
+
+
+def readme_sections(text: str) -> str:
+    """The README with its generated sections: the Colab badges and the configuration reference."""
+    text = _replace_section(text, "colab-badges", badge_table())
+    return _replace_section(text, "config-reference", reference_markdown(Config()))
+
+
 def stamp_notebooks(notebook_dir: Path = NOTEBOOK_DIR, readme: Path = REPO / "README.md") -> list[str]:
-    """Stamp every notebook of the series and the README's badge table, without running anything."""
+    """Stamp every notebook of the series and the README's generated sections, without running anything."""
     changed = []
     for path in series(notebook_dir):
         nb = nbformat.read(path, as_version=4)
@@ -142,10 +155,8 @@ def stamp_notebooks(notebook_dir: Path = NOTEBOOK_DIR, readme: Path = REPO / "RE
             atomic_file(path, lambda tmp: nbformat.write(nb, str(tmp)))
             changed.append(path.name)
     text = readme.read_text()
-    table = f"<!-- colab-badges:start -->\n{badge_table()}\n<!-- colab-badges:end -->"
-    new = re.sub(r"<!-- colab-badges:start -->.*<!-- colab-badges:end -->", lambda _: table, text, flags=re.S)
-    if new != text:
-        write_text(readme, new)
+    if readme_sections(text) != text:
+        write_text(readme, readme_sections(text))
         changed.append(readme.name)
     return changed
 

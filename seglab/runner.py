@@ -8,7 +8,6 @@ notebooks run with the code beside them, whatever else is installed.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import papermill
 
 from seglab.config import find_config, is_path_setting, load_config, parse_override
+from seglab.machine import is_chief
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -38,7 +38,7 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
         overrides.append(f"run_dir={Path(run_dir).resolve()}")
     cfg = load_config(config_path, overrides)  # fail fast on a bad config, before any kernel starts
     notebooks = [nb for nb in series() if not only or any(nb.name.startswith(prefix) for prefix in only)]
-    if cfg.train.strategy == "multi_worker" and not _chief():
+    if cfg.train.strategy == "multi_worker" and not is_chief():
         return _work(cfg, notebooks, log)
     out_dir = Path(cfg.run_dir) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,24 +62,14 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
     return timings
 
 
-def _chief() -> bool:
-    """Whether ``TF_CONFIG`` makes this process the chief of its cluster (or names no cluster).
-
-    TensorFlow's rule: the task of type ``chief``, or worker 0 when the cluster has no chief.
-    """
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {"type": "chief"})
-    first = "chief" if "chief" in tf_config.get("cluster", {"chief": []}) else "worker"
-    return task["type"] == first and task.get("index", 0) == 0
-
-
 def _work(cfg, notebooks: list[Path], log) -> dict:
     """A worker of a ``multi_worker`` cluster only lends its devices to notebook 03's training.
 
     The chief runs the notebooks and writes the run folder; this worker writes nothing there.
     """
     from seglab import training
-    from seglab.artifacts import MissingInput, RunDir
+    from seglab.records import MissingInput
+    from seglab.rundir import RunDir
 
     if not any(nb.name.startswith("03") for nb in notebooks):
         log("a multi_worker worker takes part in notebook 03 only; nothing to do")

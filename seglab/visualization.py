@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
 
-from seglab import data_loading, evaluation, plots
-from seglab.artifacts import RunDir
-from seglab.sources import IGNORE
+from seglab import plots
+from seglab.readers import IGNORE, read_labels
+from seglab.records import DatasetRecord, History, Metrics
+from seglab.rundir import RunDir, Step
+from seglab.shards import original_pairs
 
 ERROR_COLORS = [[40, 40, 40], [255, 0, 60], plots.IGNORE_COLOR]  # correct pixel, wrong pixel, ignored pixel
 
 
-def comparison_figure(run: RunDir, manifest: dict, arch: str, ids: list[str], labels: list[str] | None = None):
+def begin(run: RunDir, cfg) -> tuple[Step, DatasetRecord, Metrics]:
+    """Start step 05: the dataset record and notebook 04's metrics, read through the step."""
+    step = run.begin("visualization", cfg)
+    return step, step.read(DatasetRecord), step.read(Metrics)
+
+
+def comparison_figure(run: RunDir, dataset: DatasetRecord, arch: str, ids: list[str], labels: list[str] | None = None):
     """Image, ground truth, prediction and error map (red: wrong, grey: ignored) side by side.
 
     The test images and masks at their original size come from notebook 01's shards (only
@@ -20,25 +27,22 @@ def comparison_figure(run: RunDir, manifest: dict, arch: str, ids: list[str], la
     """
     titles = ["image", "ground truth", f"{arch} prediction", "errors (red)"]
     found = {}
-    for stem, image, truth in data_loading.original_pairs(run, manifest, "test", stems=ids):
-        prediction = np.asarray(Image.open(run.path("predictions", arch, f"{stem}.png")))
+    for stem, image, truth in original_pairs(run.root, dataset, "test", stems=ids):
+        prediction = read_labels(run.path("predictions", arch, f"{stem}.png"))
         errors = np.where(truth == IGNORE, 2, truth != prediction).astype(np.uint8)
         found[stem] = [image, truth, prediction, np.asarray(ERROR_COLORS, np.uint8)[errors]]
-    fig = plots.image_grid([found[stem] for stem in ids], titles, manifest["classes"], manifest["colors"])
+    fig = plots.image_grid([found[stem] for stem in ids], titles, dataset.classes, dataset.colors)
     for row, text in zip(fig.axes[:: len(titles)], labels or []):
         row.set_ylabel(text, fontsize=9)
     return fig
 
 
-best_and_worst = evaluation.best_and_worst  # the images notebook 04 kept predictions of, besides the first ones
-
-
-def confusion_figure(report: dict):
+def confusion_figure(report: Metrics):
     """Row-normalised confusion matrices: each row shows where the pixels of one true class went."""
-    names, classes = list(report["models"]), report["classes"]
+    names, classes = list(report.models), report.classes
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
-        cm = np.array(report["models"][name]["confusion_matrix"], np.float64)
+        cm = np.array(report.models[name].confusion_matrix, np.float64)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for (r, c), v in np.ndenumerate(norm):
@@ -50,14 +54,21 @@ def confusion_figure(report: dict):
     return fig
 
 
-def per_class_iou_figure(report: dict):
-    classes = report["classes"]
-    series = {name: [m["per_class_iou"][c] or 0.0 for c in classes] for name, m in report["models"].items()}
+def per_class_iou_figure(report: Metrics):
+    classes = report.classes
+    series = {name: [m.per_class_iou[c] or 0.0 for c in classes] for name, m in report.models.items()}
     fig = plots.grouped_bars(series, classes, "IoU", "Per-class IoU on the test split")
     fig.axes[0].set_ylim(0, 1.1)
     return fig
 
 
-def load_inputs(run: RunDir) -> tuple[dict, dict]:
-    """The dataset manifest and the metrics, as notebooks 01 and 04 wrote them."""
-    return data_loading.load_manifest(run), evaluation.load_metrics(run)
+def curves_figure(step: Step, report: Metrics):
+    """The training curves of every model scored, from notebook 03's histories."""
+    return plots.curves_figure({arch: step.read(History, arch) for arch in report.models})
+
+
+def record(step: Step):
+    """Register step 05: every figure it saved."""
+    for path in sorted(step.run.path("figures").glob("05_*.png")):
+        step.wrote(path)
+    return step.finish()

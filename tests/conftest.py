@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from seglab.artifacts import RunDir
+from seglab.rundir import RunDir
 from seglab.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,10 +1,8 @@
 """UNet++ and DeepLabV3+ through the one builder, on segmentation_models' encoders."""
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from seglab import training
+from seglab import losses, models
 from seglab.backend import keras
 from seglab.config import ConfigError
 
@@ -16,14 +14,15 @@ SIZES = {"unetplusplus": 64, "deeplabv3plus": 48}  # 48: DeepLabV3+ needs only a
 def test_builds_trains_one_step_and_reloads_with_equal_predictions(arch, backbone, tmp_path):
     size, classes = SIZES[arch], 3
     keras.utils.set_random_seed(0)
-    model = training.build_model(arch, backbone, classes, size)
+    spec = models.ModelSpec(arch, backbone, classes, size)
+    model = models.build_model(spec)
     assert model.output_shape == (None, size, size, classes)
     assert model.layers[-1].name == "probabilities" and model.layers[-1].dtype == "float32"
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
     y = keras.utils.to_categorical(rng.integers(0, classes, (2, size, size)), classes)
-    model.compile(keras.optimizers.Adam(1e-3), loss=training.make_loss("dice", [1.0] * classes))
+    model.compile(keras.optimizers.Adam(1e-3), loss=losses.make_loss("dice", [1.0] * classes))
     before = [w.numpy().copy() for w in model.trainable_weights]
     assert np.isfinite(model.train_on_batch(x, y))
     unchanged = [w.name for w, b in zip(model.trainable_weights, before) if np.array_equal(w.numpy(), b)]
@@ -31,15 +30,14 @@ def test_builds_trains_one_step_and_reloads_with_equal_predictions(arch, backbon
 
     predicted = model.predict(x, verbose=0)
     np.testing.assert_allclose(predicted.sum(-1), 1, rtol=1e-5)
-    settings = SimpleNamespace(model=SimpleNamespace(backbone=backbone, pspnet_downsample_factor=8))
-    training.export_float32(model, arch, settings, classes, size).save(str(tmp_path / f"{arch}.keras"))  # as finish() does
-    reloaded = training.load_model(tmp_path / f"{arch}.keras")
+    models.save_model(models.float32_copy(model, spec), tmp_path / f"{arch}.keras")  # as training.finish() does
+    reloaded = models.load_model(tmp_path / f"{arch}.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), predicted, atol=1e-6)
 
 
 def test_unet_plus_plus_has_nested_dense_skip_pathways():
     """X^{i,j} joins every earlier node of its level with the upsampled node below: j + 1 inputs."""
-    model = training.build_model("unetplusplus", "resnet18", 3, 64)
+    model = models.build_model(models.ModelSpec("unetplusplus", "resnet18", 3, 64))
     for i, j in [(3, 1), (2, 2), (1, 3), (0, 4)]:
         joined = model.get_layer(f"x{i}{j}_concat").input
         assert len(joined) == j + 1
@@ -48,7 +46,7 @@ def test_unet_plus_plus_has_nested_dense_skip_pathways():
 
 
 def test_deeplab_v3_plus_pools_at_stride_16_and_joins_stride_4():
-    model = training.build_model("deeplabv3plus", "resnet18", 3, 64)
+    model = models.build_model(models.ModelSpec("deeplabv3plus", "resnet18", 3, 64))
     assert [model.get_layer(f"aspp_rate{r}_conv").dilation_rate for r in (6, 12, 18)] == [(6, 6), (12, 12), (18, 18)]
     assert len(model.get_layer("aspp_concat").input) == 5  # 1x1, three atrous rates, image pooling
     assert model.get_layer("aspp_concat").output.shape[1] == 64 // 16
@@ -61,4 +59,4 @@ def test_deeplab_v3_plus_pools_at_stride_16_and_joins_stride_4():
 ])
 def test_a_size_the_architecture_cannot_take_is_rejected_with_the_nearest_that_fit(arch, size, message):
     with pytest.raises(ConfigError, match=message):
-        training.build_model(arch, "resnet18", 3, size)
+        models.build_model(models.ModelSpec(arch, "resnet18", 3, size))

@@ -1,19 +1,21 @@
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
-from seglab.class_weights import compute_weights, pixel_counts, rare_classes
+from seglab.class_weights import compute_weights
+from seglab.stats import class_pixels, rare_classes
 
 
-def test_balanced_equals_scikit_learn_on_the_same_pixels(tmp_path):
+def pixel_counts(masks, num_classes):
+    """Per class over ``masks``, as notebook 01 sums them: labelled pixels, and labelled pixels of the masks holding it."""
+    counts, present_in = zip(*(class_pixels(mask, num_classes) for mask in masks))
+    return sum(counts), sum(present_in)
+
+
+def test_balanced_equals_scikit_learn_on_the_same_pixels():
     rng = np.random.default_rng(0)
     masks = [rng.choice(4, size=(20, 30), p=[0.8, 0.15, 0.04, 0.01]).astype(np.uint8) for _ in range(5)]
-    paths = []
-    for i, m in enumerate(masks):
-        Image.fromarray(m).save(tmp_path / f"{i}.png")
-        paths.append(tmp_path / f"{i}.png")
-    counts, _ = pixel_counts(paths, 4)
+    counts, _ = pixel_counts(masks, 4)
     pixels = np.concatenate([m.ravel() for m in masks])
     np.testing.assert_array_equal(counts, np.bincount(pixels, minlength=4))
     expected = compute_class_weight("balanced", classes=np.arange(4), y=pixels)
@@ -49,11 +51,9 @@ def test_unknown_scheme_is_rejected():
         compute_weights([1, 2], "focal")
 
 
-def test_ignored_pixels_count_for_no_class(tmp_path):
+def test_ignored_pixels_count_for_no_class():
     masks = [np.array([[0, 0, 255, 1], [255, 255, 1, 1]], np.uint8), np.array([[0, 255], [0, 0]], np.uint8)]
-    for i, m in enumerate(masks):
-        Image.fromarray(m).save(tmp_path / f"{i}.png")
-    counts, present_in = pixel_counts([tmp_path / "0.png", tmp_path / "1.png"], 3)
+    counts, present_in = pixel_counts(masks, 3)
     np.testing.assert_array_equal(counts, [5, 3, 0])
     np.testing.assert_array_equal(present_in, [5 + 3, 5, 0])  # labelled pixels of the images holding the class
 
@@ -62,17 +62,24 @@ def test_weights_count_the_training_split_only(tmp_path, make_config):
     """Validation and test pixels must not leak into training through the weights."""
     from conftest import write_folder_dataset
 
-    from seglab import class_weights, data_loading
-    from seglab.artifacts import RunDir
+    from seglab import class_weights, data_loading, shards
+    from seglab.records import ClassWeights
+    from seglab.rundir import RunDir
 
     root = write_folder_dataset(tmp_path / "d", n=12, size=[(64, 64), (64, 96), (96, 64)])
     cfg = make_config("data.source=folder", f"data.root={root}", "data.mode=tile", "data.tile_overlap=0")
     run = RunDir(cfg.run_dir)
-    manifest = data_loading.prepare_dataset(cfg, run)
+    dataset = data_loading.prepare_dataset(cfg, run)
     result = class_weights.write_class_weights(run, cfg)
-    train = manifest["splits"]["train"]
-    assert result["counts"] == train["pixels"] and sum(result["counts"]) == train["items"] * 64 * 64
-    assert sum(result["counts"]) < sum(sum(manifest["splits"][s]["pixels"]) for s in data_loading.SPLITS)
+    train = dataset.splits["train"]
+    assert result.counts == train.pixels and sum(result.counts) == train.items * 64 * 64
+    assert sum(result.counts) < sum(sum(dataset.splits[s].pixels) for s in data_loading.SPLITS)
+    assert run.read(ClassWeights) == result  # what notebook 03 reads back
+    masks = (mask for _, _, mask in shards.read_samples(dataset.shard_files(run.root, "train"), dataset.images))
+    counts, present_in = pixel_counts(masks, len(dataset.classes))  # 01's counts are those of its training shards
+    assert counts.tolist() == train.pixels and present_in.tolist() == train.present_in
+    np.testing.assert_allclose(result.weights, compute_weights(train.pixels, cfg.class_weights.scheme,
+                                                               cfg.class_weights.max_ratio, train.present_in))
 
 
 def test_rare_classes_are_those_under_the_threshold_else_the_rarest_present():

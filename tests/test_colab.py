@@ -9,7 +9,7 @@ import types
 import pytest
 
 from seglab import colab, config
-from seglab.artifacts import open_run
+from seglab.notebook import open_run
 from seglab.config import ConfigError, load_config
 
 from conftest import REPO

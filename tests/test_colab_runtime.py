@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from papermill.parameterize import parameterize_notebook
 from traitlets import default
 
 from seglab import colab
+from seglab.records import Environment, TrainingRecord
+from seglab.rundir import RunDir
 
 from conftest import REPO
 
@@ -236,21 +237,24 @@ def test_every_notebook_ran_in_its_own_runtime_on_the_run_folder_on_drive(series
     run_dir, done, sim = series
     for name in ("00", "01", "02", "03", "04", "05", "06"):
         assert not _errors(done[name]), f"{name}: {_errors(done[name])}"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation",
-                                      "visualization", "inference"}
+    run = RunDir(run_dir)
+    assert set(run.manifest().steps) == {"gpu_check", "data", "class_weights", "training", "evaluation",
+                                         "visualization", "inference"}
     runtimes = sim.base / "runtimes"
     assert sorted(p.name for p in (runtimes / "01" / "content").iterdir()) == ["data", "drive"]  # the demo source
     assert sorted(p.name for p in (runtimes / "02" / "content").iterdir()) == ["drive"]  # 02 read 01's dataset on Drive
-    assert json.loads((run_dir / "env.json").read_text())["versions"]["tensorflow"] == "2.20.0"  # Colab's own
+    assert "data" not in {p.name for p in (runtimes / "06" / "content").iterdir()}  # the demo scene came from Drive
+    assert run.read(Environment).versions["tensorflow"] == "2.20.0"  # Colab's own
 
 
 def test_the_dataset_on_drive_is_a_few_files_and_training_read_a_local_copy(series):
     run_dir, _, sim = series
     dataset = sorted(p.name for p in (run_dir / "dataset").iterdir())
-    assert dataset == ["dataset.json", "fingerprint.json", "test-00000-of-00001.tfrecord", "test-originals-00000-of-00001.tfrecord",
-                       "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord",
-                       "val-originals-00000-of-00001.tfrecord"]
+    assert dataset == ["dataset.json", "demo_scene", "fingerprint.json", "test-00000-of-00001.tfrecord",
+                       "test-originals-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+                       "val-00000-of-00001.tfrecord", "val-originals-00000-of-00001.tfrecord"]
+    assert sorted(p.name for p in (run_dir / "dataset" / "demo_scene").iterdir()) == ["large_scene.png",
+                                                                                     "large_scene_truth.png"]
     cache = sim.base / "runtimes" / "03" / "content" / "seglab_cache"
     assert {p.name for p in cache.rglob("*.tfrecord")} >= {"train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"}
     assert len(list((run_dir / "predictions" / "unet").iterdir())) <= 1 + 2 * 2  # capped, not one per test image
@@ -258,8 +262,8 @@ def test_the_dataset_on_drive_is_a_few_files_and_training_read_a_local_copy(seri
 
 def test_training_cut_off_in_one_runtime_resumes_in_the_next(series):
     run_dir, done, _ = series
-    summary = json.loads((run_dir / "training.json").read_text())["unet"]
-    assert summary["resumed"] is True and summary["epochs"] == EPOCHS
+    summary = RunDir(run_dir).read(TrainingRecord).models["unet"]
+    assert summary.resumed is True and summary.epochs == EPOCHS
     epochs = [int(float(row.split(",")[0])) for row in (run_dir / "history" / "unet.csv").read_text().splitlines()[1:]]
     assert epochs == list(range(EPOCHS))  # each epoch once: the resumed run went on from the state on Drive
     assert done["03_cut"] < EPOCHS

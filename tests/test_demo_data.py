@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from seglab.demo_data import CLASSES, generate_demo_dataset, make_sample
+from seglab.demo_data import CLASSES, SCENE, SCENE_FACTOR, generate_demo_dataset, make_sample
 
 
 def _masks(seed, n=30, size=96):
@@ -18,6 +18,9 @@ def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
     read = lambda root: np.asarray(Image.open(root / "images" / "demo_0001.png"))
     assert np.array_equal(read(a), read(b)) and not np.array_equal(read(a), read(c))
     assert json.loads((a / "classes.json").read_text())["classes"] == CLASSES
+    scene, truth = (np.asarray(Image.open(a / rel)) for rel in SCENE)  # the large scene notebook 06 shows
+    assert scene.shape == (64 * SCENE_FACTOR, 64 * SCENE_FACTOR, 3) and truth.shape == scene.shape[:2]
+    assert set(np.unique(truth)) <= set(range(len(CLASSES)))
 
 
 def test_four_classes_with_a_rare_one_under_three_percent():

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab import sources
+from seglab import downloads
 from seglab.data_loading import prepare_dataset
-from seglab.artifacts import RunDir
+from seglab.readers import DataError
+from seglab.rundir import RunDir
 
 
 def _tar(files: dict) -> bytes:
@@ -47,7 +48,7 @@ def pets_server(tmp_path, monkeypatch):
     archives = {"images.tar.gz": _tar(images), "annotations.tar.gz": _tar(trimaps)}
     for name, data in archives.items():
         (served / name).write_bytes(data)
-    monkeypatch.setitem(sources.OXFORD_PETS, "files", {n: hashlib.md5(d).hexdigest() for n, d in archives.items()})
+    monkeypatch.setitem(downloads.OXFORD_PETS, "files", {n: hashlib.md5(d).hexdigest() for n, d in archives.items()})
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.requests = 0
@@ -59,10 +60,10 @@ def pets_server(tmp_path, monkeypatch):
 def test_download_verify_extract_and_convert(tmp_path, pets_server, make_config):
     url, _ = pets_server
     cfg = make_config("data.source=oxford_pets", f"data.base_url={url}", "data.image_size=32")
-    manifest = prepare_dataset(cfg, RunDir(cfg.run_dir))
-    assert manifest["classes"] == ["background", "pet", "border"]
-    assert manifest["source"]["images"] == 5
-    pixels = np.sum([manifest["splits"][s]["pixels"] for s in manifest["splits"]], axis=0)
+    dataset = prepare_dataset(cfg, RunDir(cfg.run_dir))
+    assert dataset.classes == ["background", "pet", "border"]
+    assert dataset.source.images == 5 and dataset.source.kind == "oxford_pets"
+    pixels = np.sum([info.pixels for info in dataset.splits.values()], axis=0)
     assert (pixels > 0).all()  # all three trimap values arrived, remapped
     root = tmp_path / "downloads" / "oxford_pets"
     mask = np.asarray(Image.open(root / "masks" / "Cat_0.png"))
@@ -71,17 +72,17 @@ def test_download_verify_extract_and_convert(tmp_path, pets_server, make_config)
 
 def test_second_run_uses_the_cache(tmp_path, pets_server):
     url, served = pets_server
-    sources.prepare_oxford_pets(tmp_path / "dl", url)
+    downloads.prepare_oxford_pets(tmp_path / "dl", url)
     for f in served.iterdir():
         f.unlink()  # the server has nothing now: a second download would fail
-    assert (sources.prepare_oxford_pets(tmp_path / "dl", url) / "classes.json").exists()
+    assert (downloads.prepare_oxford_pets(tmp_path / "dl", url) / "classes.json").exists()
 
 
 def test_checksum_mismatch_is_an_error_and_leaves_no_file(tmp_path, pets_server, monkeypatch):
     url, served = pets_server
-    monkeypatch.setitem(sources.OXFORD_PETS, "files", {"images.tar.gz": "0" * 32})
-    with pytest.raises(sources.DataError) as raised:
-        sources.prepare_oxford_pets(tmp_path / "dl", url)
+    monkeypatch.setitem(downloads.OXFORD_PETS, "files", {"images.tar.gz": "0" * 32})
+    with pytest.raises(DataError) as raised:
+        downloads.prepare_oxford_pets(tmp_path / "dl", url)
     served_md5 = hashlib.md5((served / "images.tar.gz").read_bytes()).hexdigest()
     _assert_failed_usefully(str(raised.value), url + "images.tar.gz", f"checksum mismatch (got md5 {served_md5})",
                             tmp_path / "dl" / "images.tar.gz")
@@ -108,8 +109,8 @@ def _left_in(folder):
 
 def test_no_network_names_the_address_the_cause_and_the_ways_out(tmp_path):
     url = _refusing_url()
-    with pytest.raises(sources.DataError) as raised:
-        sources.prepare_oxford_pets(tmp_path / "dl", url)
+    with pytest.raises(DataError) as raised:
+        downloads.prepare_oxford_pets(tmp_path / "dl", url)
     _assert_failed_usefully(str(raised.value), url + "images.tar.gz", "the connection was refused",
                             tmp_path / "dl" / "images.tar.gz")
     assert _left_in(tmp_path / "dl") == []
@@ -118,8 +119,8 @@ def test_no_network_names_the_address_the_cause_and_the_ways_out(tmp_path):
 def test_an_http_error_is_named_with_its_status(tmp_path, pets_server):
     url, served = pets_server
     (served / "annotations.tar.gz").unlink()
-    with pytest.raises(sources.DataError) as raised:
-        sources.prepare_oxford_pets(tmp_path / "dl", url)
+    with pytest.raises(DataError) as raised:
+        downloads.prepare_oxford_pets(tmp_path / "dl", url)
     _assert_failed_usefully(str(raised.value), url + "annotations.tar.gz", "the server answered HTTP 404 File not found",
                             tmp_path / "dl" / "annotations.tar.gz")
     assert _left_in(tmp_path / "dl") == ["images.tar.gz"]  # complete and verified: kept for the next run
@@ -140,8 +141,8 @@ def test_a_connection_cut_mid_download_leaves_nothing(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/images.tar.gz"
     try:
-        with pytest.raises(sources.DataError) as raised:
-            sources.download(url, tmp_path / "dl" / "images.tar.gz", "0" * 32)
+        with pytest.raises(DataError) as raised:
+            downloads.download(url, tmp_path / "dl" / "images.tar.gz", "0" * 32)
     finally:
         server.shutdown()
     _assert_failed_usefully(str(raised.value), url, "the connection closed after 1000 of 100000 bytes",
@@ -153,8 +154,8 @@ def test_a_wrong_file_placed_by_hand_is_named_and_kept(tmp_path):
     dest = tmp_path / "dl" / "images.tar.gz"
     dest.parent.mkdir()
     dest.write_bytes(b"not the archive")
-    with pytest.raises(sources.DataError, match=f"instead of the file there now \\(md5 {hashlib.md5(b'not the archive').hexdigest()}\\)"):
-        sources.prepare_oxford_pets(tmp_path / "dl", _refusing_url())
+    with pytest.raises(DataError, match=f"instead of the file there now \\(md5 {hashlib.md5(b'not the archive').hexdigest()}\\)"):
+        downloads.prepare_oxford_pets(tmp_path / "dl", _refusing_url())
     assert dest.read_bytes() == b"not the archive" and _left_in(tmp_path / "dl") == ["images.tar.gz"]
 
 
@@ -163,9 +164,9 @@ def test_offline_the_default_address_is_named_with_name_resolution_failing(tmp_p
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    with pytest.raises(sources.DataError) as raised:
-        sources.prepare_oxford_pets(tmp_path / "dl")
-    _assert_failed_usefully(str(raised.value), sources.OXFORD_PETS["url"] + "images.tar.gz",
+    with pytest.raises(DataError) as raised:
+        downloads.prepare_oxford_pets(tmp_path / "dl")
+    _assert_failed_usefully(str(raised.value), downloads.OXFORD_PETS["url"] + "images.tar.gz",
                             "name resolution failed, so there is no network",
                             tmp_path / "dl" / "images.tar.gz")
     assert _left_in(tmp_path / "dl") == []

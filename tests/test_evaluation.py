@@ -1,8 +1,11 @@
+from types import SimpleNamespace
+
 import numpy as np
 from PIL import Image
 
-from seglab import evaluation, inference, metrics
+from seglab import evaluation, metrics, predictor
 from seglab.backend import keras
+from seglab.rundir import RunDir
 
 
 def test_postprocess_removes_small_components_and_keeps_large_ones():
@@ -23,8 +26,8 @@ def test_tta_averages_the_four_flips_each_flipped_back():
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same", activation="softmax")(inputs))
     batch = np.random.default_rng(0).normal(size=(2, 16, 24, 3)).astype(np.float32)
-    plain = inference.predict_batch(model, batch)
-    tta = inference.predict_batch(model, batch, tta=True)
+    plain = predictor.predict_batch(model, batch)
+    tta = predictor.predict_batch(model, batch, tta=True)
     by_hand = np.mean([np.flip(model.predict(np.flip(batch, axes), verbose=0), axes)
                        for axes in [(), (1,), (2,), (1, 2)]], axis=0)
     np.testing.assert_allclose(tta, by_hand, atol=1e-6)
@@ -43,16 +46,20 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     noisy = np.zeros((8, 8), np.uint8)
     noisy[0, 0] = 1  # an isolated pixel: noise in val's prediction, a true speck in test
     pairs = _originals({"val": [np.zeros((8, 8), np.uint8)], "test": [noisy.copy()]})
-    monkeypatch.setattr(evaluation.data_loading, "original_pairs", lambda run, manifest, split: iter(pairs[split]))
-    monkeypatch.setattr(evaluation.inference, "predict_image", lambda *a, **k: np.eye(2)[noisy])
+    dataset = SimpleNamespace(classes=["bg", "fg"])  # the dataset record, as far as evaluation reads it
+    run = RunDir(tmp_path / "run")
+    monkeypatch.setattr(evaluation, "original_pairs",
+                        lambda root, record, split: (root, record) == (run.root, dataset) and iter(pairs[split]))
+    monkeypatch.setattr(predictor, "predict_image", lambda *a, **k: np.eye(2)[noisy])
     out = tmp_path / "predictions"
     out.mkdir()
-    result = evaluation.evaluate_model(None, cfg, None, {"classes": ["bg", "fg"]}, out)
-    chosen = result["selected_on_val"]["name"]
+    result = evaluation.evaluate_model(None, cfg, run, dataset, out)
+    chosen = result.selected_on_val["name"]
     assert chosen in ("remove<5px", "opening")  # both clean val perfectly; plain does not
-    assert result["variants"]["plain"]["val_mean_iou"] < result["variants"][chosen]["val_mean_iou"] == 1.0
-    assert result["variants"][chosen]["test_mean_iou"] < result["variants"]["plain"]["test_mean_iou"]
-    assert result["mean_iou"] == 1.0 and result["with_selected"]["mean_iou"] < 1.0  # reported before and after
+    assert result.variants["plain"]["val_mean_iou"] < result.variants[chosen]["val_mean_iou"] == 1.0
+    assert result.variants[chosen]["test_mean_iou"] < result.variants["plain"]["test_mean_iou"]
+    assert result.mean_iou == 1.0 and result.with_selected["mean_iou"] < 1.0  # reported before and after
+    assert result.saved_predictions == ["test0"] and set(result.per_image_iou) == {"test0"}
     assert np.asarray(Image.open(out / "test0.png"))[0, 0] == 0  # the chosen option's labels are saved
 
 
@@ -94,7 +101,7 @@ def test_prediction_pngs_are_capped_to_the_first_ones_and_the_best_and_worst(tmp
     for i, iou in enumerate(ious):
         saver.offer(f"im{i:02d}", iou, np.full((2, 3), i, np.uint8))
     saved = saver.finish()
-    best, worst = evaluation.best_and_worst({f"im{i:02d}": iou for i, iou in enumerate(ious)})
+    best, worst = metrics.best_and_worst({f"im{i:02d}": iou for i, iou in enumerate(ious)})
     assert best == ["im14", "im06"] and worst == ["im12", "im02"]  # ties: the later image ranks higher
     assert saved == ["im00", "im01", "im02", "im14", "im06", "im12"]
     assert sorted(p.stem for p in tmp_path.iterdir()) == sorted(saved)

@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from seglab import export, pipeline, training
+from seglab import export, models, normalization as norms
 from seglab.__main__ import main
 from seglab.backend import keras
+from seglab.records import ExportCard, ModelCard, ModelInput
 
 SIZE, CLASSES = 64, 4
 # Float32 everywhere, but TFLite and ONNX fold batch norm into the convolutions and sum in another order:
@@ -17,7 +18,7 @@ SIZE, CLASSES = 64, 4
 MEAN_TOLERANCE, MAX_TOLERANCE = 1e-5, 1e-2
 EXPORTS = [("savedmodel", None), ("tflite", None), ("onnx", None), ("tflite", "float16"), ("tflite", "int8")]
 
-# Loads each export alone in a fresh folder, with TensorFlow Lite, TensorFlow or onnxruntime: no seglab, no sidecar.
+# Loads each export alone in a fresh folder, with TensorFlow Lite, TensorFlow or onnxruntime: no seglab, no card.
 WITHOUT_SEGLAB = """
 import shutil, sys, tempfile
 from pathlib import Path
@@ -55,18 +56,17 @@ assert not any(m == "seglab" or m.startswith("seglab.") for m in sys.modules), "
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A U-Net with a sidecar whose normalisation reorders channels and shifts them (vgg16's), in every format."""
+    """A U-Net with a card whose normalisation reorders channels and shifts them (vgg16's), in every format."""
     root = tmp_path_factory.mktemp("export")
     model_path = root / "run" / "models" / "unet.keras"
-    model_path.parent.mkdir(parents=True)
     keras.utils.set_random_seed(0)
-    training.build_model("unet", "resnet18", CLASSES, SIZE).save(str(model_path))
-    normalization = pipeline.encoder_normalization("vgg16")
-    assert normalization["order"] == [2, 1, 0] and min(normalization["offset"]) < -100
-    model_path.with_suffix(".json").write_text(json.dumps({
-        "architecture": "unet", "backbone": "resnet18", "classes": ["background", "a", "b", "c"],
-        "colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], "normalization": normalization,
-        "input_size": SIZE, "pixel_scale": [1.0, 1.0]}))
+    models.save_model(models.build_model(models.ModelSpec("unet", "resnet18", CLASSES, SIZE)), model_path)
+    normalization = norms.encoder_normalization("vgg16")
+    assert normalization.order == [2, 1, 0] and min(normalization.offset) < -100
+    ModelCard(architecture="unet", backbone="resnet18", classes=["background", "a", "b", "c"],
+              colors=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], normalization=normalization,
+              input_size=SIZE, pixel_scale=[1.0, 1.0], input=ModelInput(3, "uint8", "dataset")
+              ).save(model_path.with_suffix(".json"))
     exporter = export.Exporter(model_path)
     paths = {(fmt, q): exporter.write(fmt, quantize=q) for fmt, q in EXPORTS}
     images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)  # a batch of 3
@@ -75,7 +75,7 @@ def exported(tmp_path_factory):
                              *map(str, paths.values())], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = np.load(root / "out.npz")
-    reference = training.load_model(model_path).predict(pipeline.normalize(images, normalization), verbose=0)
+    reference = models.load_model(model_path).predict(norms.normalize(images, normalization), verbose=0)
     return {"paths": paths, "reference": reference, "stdout": result.stdout,
             "outputs": {key: {"probabilities": outputs[f"{p.name}/probabilities"], "classes": outputs[f"{p.name}/classes"]}
                         for key, p in paths.items()}, "model_path": model_path}
@@ -109,18 +109,25 @@ def test_quantized_tflite_variants_are_smaller_and_still_segment(exported):
         assert export.agreement(exported["reference"], out)["pixel_agreement"] > 0.9
 
 
-def test_the_sidecar_names_classes_and_the_contract(exported):
-    info = json.loads((exported["paths"]["onnx", None].parent / "unet.json").read_text())
+def test_the_export_card_names_classes_the_contract_and_its_files(exported):
+    folder = exported["paths"]["onnx", None].parent
+    info = json.loads((folder / "unet.export.json").read_text())  # the file as a user without seglab reads it
     assert info["classes"] == ["background", "a", "b", "c"] and len(info["colors"]) == 4
     assert info["input"] == {"name": "images", "dtype": "uint8", "shape": [None, SIZE, SIZE, 3], "channels": "RGB",
                              "normalization": "inside the model"}
+    assert info["outputs"] == {"probabilities": {"dtype": "float32", "shape": [None, SIZE, SIZE, CLASSES]},
+                               "classes": {"dtype": "uint8", "shape": [None, SIZE, SIZE]}}
     assert "normalization" not in info  # the model needs nothing from it
+    card = ExportCard.load(folder / ExportCard.where("unet"))
+    assert card.files == [path.name for path in exported["paths"].values()]  # every file the exporter wrote
+    assert not (folder / "unet.json").exists()  # the model card stays beside the model
 
 
 def test_cli_writes_an_export_and_refuses_what_it_cannot(exported, tmp_path, capsys, monkeypatch):
     model = exported["model_path"]
     assert main(["export", "--model", str(model), "--format", "tflite", "--output", str(tmp_path)]) == 0
-    assert (tmp_path / "unet.tflite").stat().st_size > 1e6 and (tmp_path / "unet.json").exists()
+    assert (tmp_path / "unet.tflite").stat().st_size > 1e6
+    assert ExportCard.load(tmp_path / "unet.export.json").files == ["unet.tflite"]
     assert "unet.tflite" in capsys.readouterr().out
     cases = {
         ("--model", str(tmp_path / "none.keras"), "--format", "onnx"): "none.keras: no such model",

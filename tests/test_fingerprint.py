@@ -1,13 +1,15 @@
 """The dataset fingerprint and the settings decided from it (seglab.planning)."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from seglab import data_loading, planning, sources
-from seglab.artifacts import MissingInput, RunDir
+from seglab import data_loading, geometry, machine, planning, readers, stats
 from seglab.config import load_config
+from seglab.records import DatasetRecord, Decision, Fingerprint, MissingInput
+from seglab.rundir import RunDir
 
 from conftest import REPO, write_folder_dataset
 
@@ -25,24 +27,31 @@ def draw_masks(root, classes: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def measure(root, seed=0):
-    pairs = sources.find_pairs(root)
-    return planning.fingerprint(pairs, sources.read_classes(root / "classes.json"), len(pairs), seed)
+    pairs = readers.find_pairs(root)
+    return stats.measure(pairs, readers.read_classes(root / "classes.json"), len(pairs), seed)
 
 
-def side(median: float) -> dict:
+def side(median: float):
     """A fingerprint as far as the rules read it."""
-    return {"size": {"short_side": {"median": median}}}
+    return SimpleNamespace(size={"short_side": {"median": median}})
+
+
+def gpu(monkeypatch, gb):
+    """The GPU nvidia-smi reports: none, or one of ``gb`` GB."""
+    lines = [] if gb is None else [f"Tesla T4, {round(gb * 1024)} MiB, 535.104.05"]
+    monkeypatch.setattr(machine, "nvidia_smi", lambda: lines)
 
 
 def test_intensity_stats_per_channel():
     ramp = np.arange(1000, dtype=np.float64).reshape(10, 100)
     image = np.stack([ramp, np.full_like(ramp, 7), 2 * ramp], axis=-1)
-    stats = planning.intensity_stats([image[:5], image[5:]])  # two images make one pool of pixels
-    np.testing.assert_allclose(stats["mean"], [499.5, 7, 999])
-    np.testing.assert_allclose(stats["std"], [ramp.std(), 0, 2 * ramp.std()])
-    np.testing.assert_allclose(stats["p0.5"], [4.995, 7, 9.99])
-    np.testing.assert_allclose(stats["p99.5"], [994.005, 7, 1988.01])
-    assert planning.intensity_stats([ramp])["mean"] == [499.5]  # grey: one channel
+    pooled = np.concatenate([image[:5].reshape(-1, 3), image[5:].reshape(-1, 3)])  # two images make one pool
+    found = stats.intensity_stats(pooled)
+    np.testing.assert_allclose(found["mean"], [499.5, 7, 999])
+    np.testing.assert_allclose(found["std"], [ramp.std(), 0, 2 * ramp.std()])
+    np.testing.assert_allclose(found["p0.5"], [4.995, 7, 9.99])
+    np.testing.assert_allclose(found["p99.5"], [994.005, 7, 1988.01])
+    assert stats.intensity_stats(ramp.reshape(-1, 1))["mean"] == [499.5]  # grey: one channel
 
 
 def test_fingerprint_of_a_tiny_square_rgb_dataset_counts_what_was_drawn(tmp_path):
@@ -50,31 +59,32 @@ def test_fingerprint_of_a_tiny_square_rgb_dataset_counts_what_was_drawn(tmp_path
     masks = draw_masks(root, 3)
     fp = measure(root)
     counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=3)
-    np.testing.assert_allclose(fp["classes"]["pixel_share"], counts / counts.sum())
-    assert fp["classes"]["image_share"] == [1.0, 1.0, 0.5]  # the last class was drawn in even images only
-    assert fp["images"] == fp["measured"] == 6 and fp["channels"] == {"3": 6}
-    assert fp["size"]["height"]["median"] == fp["size"]["width"]["max"] == 64
+    np.testing.assert_allclose(fp.classes.pixel_share, counts / counts.sum())
+    assert fp.classes.image_share == [1.0, 1.0, 0.5]  # the last class was drawn in even images only
+    assert fp.classes.names == ["background", "a", "b"]
+    assert fp.images == fp.measured == 6 and fp.channels == {"3": 6}
+    assert fp.size["height"]["median"] == fp.size["width"]["max"] == 64
     images = [np.asarray(Image.open(p)) for p in sorted((root / "images").glob("*.png"))]
     pooled = np.concatenate([i.reshape(-1, 3) for i in images]).astype(np.float64)
-    np.testing.assert_allclose(fp["intensity"]["mean"], pooled.mean(0))  # 64² < PIXELS_PER_IMAGE: every pixel
+    np.testing.assert_allclose(fp.intensity["mean"], pooled.mean(0))  # 64² < PIXELS_PER_IMAGE: every pixel
 
 
 def test_mixed_sizes_give_medians_and_spread(tmp_path):
     root = write_folder_dataset(tmp_path / "d", n=3, size=[(200, 300), (250, 180), (400, 500)])
-    size = measure(root)["size"]
+    size = measure(root).size
     assert (size["height"]["median"], size["width"]["median"], size["short_side"]["median"]) == (250, 300, 200)
     assert (size["height"]["min"], size["height"]["max"], size["width"]["min"], size["width"]["max"]) == (200, 400, 180, 500)
 
 
 def test_a_sample_is_measured_when_the_dataset_is_large(tmp_path, make_config, monkeypatch):
     monkeypatch.setattr(planning, "FINGERPRINT_IMAGES", 4)
-    monkeypatch.setattr(planning, "PIXELS_PER_IMAGE", 100)
+    monkeypatch.setattr(stats, "PIXELS_PER_IMAGE", 100)
     root = write_folder_dataset(tmp_path / "d", n=6, size=(64, 64))
     cfg = make_config("data.source=folder", f"data.root={root}")
     data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))
-    fp = planning.load_fingerprint(RunDir(cfg.run_dir))
-    assert (fp["images"], fp["measured"]) == (6, 4)
-    assert all(0 <= v <= 255 for values in fp["intensity"].values() for v in values)
+    fp = RunDir(cfg.run_dir).read(Fingerprint)
+    assert (fp.images, fp.measured) == (6, 4)
+    assert all(0 <= v <= 255 for values in fp.intensity.values() for v in values)
 
 
 @pytest.mark.parametrize("median, architectures, gpu_gb, expected", [
@@ -90,71 +100,73 @@ def test_a_sample_is_measured_when_the_dataset_is_large(tmp_path, make_config, m
 def test_the_rules(median, architectures, gpu_gb, expected):
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"model.architectures={architectures}", "data.image_size=auto",
                                                        "data.mode=auto", "train.batch_size=auto"])
-    decided = planning.plan(side(median), cfg, gpu_gb)
-    assert tuple(decided[k]["value"] for k in ("data.image_size", "data.mode", "train.batch_size")) == expected
-    assert all(d["reason"] for d in decided.values())
+    decided = planning.decide(side(median), cfg, gpu_gb)
+    assert tuple(decided[k].value for k in ("data.image_size", "data.mode", "train.batch_size")) == expected
+    assert all(d.reason for d in decided.values())
 
 
 def test_the_demo_and_colab_configs_resolve_to_their_former_fixed_values():
     """The demo's results stay as published: 96 px, resized, batches of 8 on a CPU; the Colab run keeps
     288 px and 16 on a T4 for Oxford-IIIT Pet, whose photos' median short side is 375 px."""
     for name, median, gpu_gb, expected in (("demo", 96, None, (96, "resize", 8)), ("colab_t4", 375, 15.0, (288, "resize", 16))):
-        cfg = planning.resolve(load_config(name), planning.plan(side(median), load_config(name), gpu_gb))
+        cfg = planning.resolve(load_config(name), planning.decide(side(median), load_config(name), gpu_gb))
         assert (cfg.data.image_size, cfg.data.mode, cfg.train.batch_size) == expected
 
 
 def test_values_set_in_the_config_are_kept():
     cfg = load_config(REPO / "configs" / "demo.yaml", ["data.image_size=192", "data.mode=tile", "train.batch_size=3"])
-    decided = planning.plan(side(2000), cfg, None)
-    assert decided == {"data.mode": {"value": "tile", "reason": "set in the config"},
-                       "data.image_size": {"value": 192, "reason": "set in the config"}}
+    decided = planning.decide(side(2000), cfg, None)
+    assert decided == {"data.mode": Decision("tile", "set in the config"),
+                       "data.image_size": Decision(192, "set in the config")}
     assert planning.resolve(cfg, decided).train.batch_size == 3
 
 
 def test_auto_epochs_train_until_the_time_budget():
     cfg = load_config(REPO / "configs" / "demo.yaml", ["train.epochs=auto", "train.time_budget_minutes=5"])
-    resolved = planning.resolve(cfg, planning.plan(side(96), cfg, None))
+    resolved = planning.resolve(cfg, planning.decide(side(96), cfg, None))
     assert resolved.train.epochs == planning.MAX_EPOCHS and resolved.train.time_budget_minutes == 5
     assert cfg.train.epochs == "auto"  # resolve returns a copy
 
 
 def test_an_auto_setting_without_a_recorded_decision_names_notebook_01():
     """01 ran with a batch size of 8; the config says auto now."""
-    decided = planning.plan(side(96), load_config(REPO / "configs" / "demo.yaml", ["train.batch_size=8"]), None)
+    decided = planning.decide(side(96), load_config(REPO / "configs" / "demo.yaml", ["train.batch_size=8"]), None)
     with pytest.raises(MissingInput, match=r"01 again: .* no decision for train.batch_size=auto"):
         planning.resolve(load_config(REPO / "configs" / "demo.yaml"), decided)
 
 
 def test_large_grey_non_square_images_are_tiled_end_to_end(tmp_path, make_config, monkeypatch):
-    monkeypatch.setattr(planning, "gpu_memory_gb", lambda: None)  # the batch size as on a CPU
+    gpu(monkeypatch, None)  # the batch size as on a CPU
     root = write_folder_dataset(tmp_path / "d", n=3, size=(1100, 1400), grey=True)
     cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=auto", "data.mode=auto",
                       "train.batch_size=auto")
     run = RunDir(cfg.run_dir)
-    manifest = data_loading.prepare_dataset(cfg, run)
-    assert (manifest["image_size"], manifest["mode"]) == (512, "tile")
-    assert {k: d["value"] for k, d in manifest["plan"].items()} == \
+    dataset = data_loading.prepare_dataset(cfg, run)
+    assert (dataset.image_size, dataset.mode) == (512, "tile")
+    assert {k: d.value for k, d in dataset.decisions.items()} == \
            {"data.mode": "tile", "data.image_size": 512, "train.batch_size": 2}
-    starts = len(data_loading.tile_starts(1100, 512, cfg.data.tile_overlap)) * len(data_loading.tile_starts(1400, 512, cfg.data.tile_overlap))
-    assert len(manifest["items"]) == 3 * starts
+    starts = len(geometry.tile_starts(1100, 512, cfg.data.tile_overlap)) * len(geometry.tile_starts(1400, 512, cfg.data.tile_overlap))
+    assert len(dataset.items) == 3 * starts
+    assert run.read(DatasetRecord) == dataset
     entry = run.require("data")
-    assert entry["plan"] == {"data.mode": "tile", "data.image_size": 512, "train.batch_size": 2}
-    assert entry["config"]["data"]["image_size"] == 512  # the run manifest records what 01 ran with
-    fp = planning.load_fingerprint(run)
-    assert fp["channels"] == {"1": 3} and fp["size"]["short_side"]["median"] == 1100
-    assert json.loads((run.path("dataset", "fingerprint.json")).read_text()) == fp
-    text = planning.describe(fp, manifest["plan"])
+    assert entry.extra["decisions"] == {"data.mode": "tile", "data.image_size": 512, "train.batch_size": 2}
+    assert entry.config["data"]["image_size"] == 512  # the run manifest records what 01 ran with
+    fp = run.read(Fingerprint)
+    assert fp.channels == {"1": 3} and fp.size["short_side"]["median"] == 1100
+    assert json.loads((run.path("dataset", "fingerprint.json")).read_text()) == fp.to_dict()
+    text = planning.describe(fp, dataset.decisions)
     assert "data.mode = tile: the median short side, 1100 px, is more than 2 x 512 px" in text
 
 
 def test_a_new_decision_remakes_the_dataset(tmp_path, make_config, monkeypatch):
-    """The plan is part of what the dataset depends on: a GPU that changes the auto batch size
+    """The decisions are part of what the dataset depends on: a GPU that changes the auto batch size
     remakes it, so dataset.json never holds a stale decision."""
     root = write_folder_dataset(tmp_path / "d", n=4, size=(64, 64))
     cfg = make_config("data.source=folder", f"data.root={root}", "train.batch_size=auto")
     said = []
     for gpu_gb in (None, None, 0.25):
-        monkeypatch.setattr(planning, "gpu_memory_gb", lambda: gpu_gb)
-        manifest = data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir), log=said.append)
+        gpu(monkeypatch, gpu_gb)
+        dataset = data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir), log=said.append)
     assert said == ["dataset unchanged since the last run of 01; reusing dataset/"]
-    assert manifest["plan"]["train.batch_size"]["value"] == 8  # 32 on the CPU before
+    assert dataset.decisions["train.batch_size"].value == 8  # 32 on the CPU before
+    assert RunDir(cfg.run_dir).read(DatasetRecord).decisions["train.batch_size"].value == 8

@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 
@@ -7,11 +6,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab import inference
+from seglab import predictor as prediction
 from seglab.backend import keras
+from seglab.records import ModelCard, ModelInput, Normalization
 
-NORM = {"order": [0, 1, 2], "scale": [1 / 255] * 3, "offset": [0.0] * 3}
+NORM = Normalization(order=[0, 1, 2], scale=[1 / 255] * 3, offset=[0.0] * 3)
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+
+
+def _card(tile=32, classes=("background", "a", "b"), scale=(1.0, 1.0)):
+    """What notebook 03 writes beside a model, for an 8-bit RGB model of ``tile`` px windows."""
+    return ModelCard(architecture="tiny", backbone="none", classes=list(classes), colors=COLORS, normalization=NORM,
+                     input_size=tile, pixel_scale=list(scale), input=ModelInput(3, "uint8", "dataset"))
+
+
+def _save(model_path, classes=("background", "a", "b")):
+    """A model and its card beside it, as notebook 03 saves them."""
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    _model(32).save(str(model_path))
+    _card(32, classes).save(model_path.with_suffix(".json"))
 
 
 def _model(tile, kernel=5, seed=0):
@@ -24,13 +37,13 @@ def _model(tile, kernel=5, seed=0):
 
 
 def _predictor(tile=32):
-    return inference.Predictor(_model(tile), ["background", "a", "b"], COLORS, NORM, tile)
+    return prediction.Predictor(_model(tile), _card(tile))
 
 
 def test_one_window_equals_a_plain_model_predict():
     predictor = _predictor()
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    tiled = inference.predict_image(predictor, image)
+    tiled = prediction.predict_image(predictor, image)
     plain = predictor.model.predict(image[None].astype(np.float32) / 255, verbose=0)[0]
     np.testing.assert_allclose(tiled, plain, atol=1e-5)
 
@@ -49,7 +62,7 @@ def test_blended_windows_leave_no_seams():
     image[:, :70] = (200, 40, 40)
     image[:, 70:140] = (40, 200, 90)
     image[:, 140:] = (90, 90, 220)
-    blended = inference.predict_image(predictor, image, overlap=0.5)
+    blended = prediction.predict_image(predictor, image, overlap=0.5)
     # the same windows stitched with hard cuts, no overlap, no blending: seams at every window border
     hard = np.zeros_like(blended)
     for y in range(0, 160, 32):
@@ -68,17 +81,14 @@ def test_odd_sizes_grey_and_rgb(shape):
     predictor = _predictor()
     image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image
-    probs = inference.predict_image(predictor, rgb, overlap=0.25, batch_size=3)
+    probs = prediction.predict_image(predictor, rgb, overlap=0.25, batch_size=3)
     assert probs.shape == shape[:2] + (3,)
     np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-5)
 
 
 def test_predict_cli_reads_the_sidecar_and_skips_unreadable_files(tmp_path):
     model_path = tmp_path / "models" / "tiny.keras"
-    model_path.parent.mkdir()
-    _model(32).save(str(model_path))
-    model_path.with_suffix(".json").write_text(json.dumps(
-        {"classes": ["background", "a", "b"], "colors": COLORS, "normalization": NORM, "input_size": 32}))
+    _save(model_path)
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (50, 61, 3), dtype=np.uint8)).save(inputs / "good.png")
@@ -102,9 +112,7 @@ def test_predict_cli_reads_the_sidecar_and_skips_unreadable_files(tmp_path):
 
 def test_predict_cli_rejects_a_tile_the_model_cannot_take(tmp_path):
     model_path = tmp_path / "m.keras"
-    _model(32).save(str(model_path))
-    model_path.with_suffix(".json").write_text(json.dumps(
-        {"classes": ["a", "b", "c"], "colors": COLORS, "normalization": NORM, "input_size": 32}))
+    _save(model_path, ("a", "b", "c"))
     result = subprocess.run([sys.executable, "-m", "seglab", "predict", "--model", str(model_path), "--input",
                              str(tmp_path), "--output", str(tmp_path / "o"), "--tile", "64"],
                             capture_output=True, text=True, timeout=300)
@@ -114,14 +122,14 @@ def test_predict_cli_rejects_a_tile_the_model_cannot_take(tmp_path):
 def test_a_model_trained_on_resized_images_sees_new_images_at_that_scale():
     """Shrunk by the training scale to exactly one window, predicted, and brought back to full size."""
     predictor = _predictor()
-    predictor.scale = (0.5, 0.25)  # trained on images shrunk to half the height and a quarter the width
+    predictor.card.pixel_scale = [0.5, 0.25]  # trained on images shrunk to half the height and a quarter the width
     image = np.random.default_rng(3).integers(0, 256, (64, 128, 3), dtype=np.uint8)
-    probs = inference.predict_image(predictor, image)
+    probs = prediction.predict_image(predictor, image)
     shrunk = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)  # one window at the model's scale
     window = predictor.model.predict(shrunk[None].astype(np.float32) / 255, verbose=0)[0]
     expected = cv2.resize(window, (128, 64), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
-    unscaled = inference.predict_image(inference.Predictor(predictor.model, predictor.classes, COLORS, NORM, 32), image)
+    unscaled = prediction.predict_image(prediction.Predictor(predictor.model, _card(32)), image)
     assert np.abs(unscaled - expected).max() > 0.05  # the scale matters: this test would see it ignored
 
 
@@ -133,9 +141,7 @@ def _cli(*args):
 def test_predict_cli_exit_codes(tmp_path):
     """0 when every image was segmented, 1 for a missing model or input, 2 for a malformed command."""
     model_path = tmp_path / "m.keras"
-    _model(32).save(str(model_path))
-    model_path.with_suffix(".json").write_text(json.dumps(
-        {"classes": ["a", "b", "c"], "colors": COLORS, "normalization": NORM, "input_size": 32}))
+    _save(model_path, ("a", "b", "c"))
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "one.png")
     ok = _cli("--model", model_path, "--input", tmp_path / "one.png", "--output", tmp_path / "o")
     assert ok.returncode == 0 and "1 image(s) segmented" in ok.stdout, ok.stderr[-2000:]

@@ -12,8 +12,9 @@ import pytest
 
 from conftest import REPO, tiny_config
 from seglab import class_weights, data_loading
-from seglab.artifacts import RunDir
-from seglab.runner import _chief
+from seglab.machine import is_chief
+from seglab.records import TrainingRecord
+from seglab.rundir import RunDir
 
 TINY = ["data.demo.num_images=8", "data.demo.image_size=32", "data.image_size=32", "model.architectures=[unet]",
         "train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=2", "data.augment=none"]
@@ -77,12 +78,13 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     executed = nbformat.read(run.path("notebooks", "03_training.ipynb"), as_version=4)
     chief_log = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert "replicas: 2" in chief_log and "2/2 - " in chief_log, chief_log
-    summary = json.loads(run.path("training.json").read_text())["unet"]
-    assert summary["replicas"] == 2 and summary["global_batch_size"] == 4
+    summary = run.read(TrainingRecord).models["unet"]
+    assert summary.replicas == 2 and summary.global_batch_size == 4
 
     # One model and one record, from the chief; the worker left nothing behind.
     assert sorted(p.name for p in run.path("models").iterdir()) == ["unet.json", "unet.keras"]
-    assert set(run.require("training")["outputs"]) >= {"summary", "model_unet", "history_unet"}
+    assert set(run.require("training").outputs) >= {"training.json", "models/unet.keras", "models/unet.json",
+                                                     "history/unet.json"}
     assert _files(worker_view) == before
     assert not [p for p in [*run.root.rglob("*"), *worker_view.rglob("*")] if "workertemp" in p.name]
 
@@ -102,4 +104,4 @@ def test_tf_config_names_the_chief_as_tensorflow_does(monkeypatch, tf_config, ch
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     else:
         monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert _chief() is chief
+    assert is_chief() is chief

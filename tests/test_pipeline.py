@@ -8,28 +8,37 @@ import numpy as np
 import pytest
 
 from seglab.backend import sm, tf
-from seglab import data_loading, pipeline
+from seglab import normalization, pipeline, shards
+from seglab.records import ImageSpec, Normalization
+
+RGB8 = ImageSpec(channels=3, dtype="uint8", encoding="png", intensity="dataset")  # 8-bit RGB, as the demo stores it
+IDENTITY = Normalization(order=[0, 1, 2], scale=[1.0, 1.0, 1.0], offset=[0.0, 0.0, 0.0])
 
 
 def write_shards(folder, samples, count=1):
     """``samples`` = [(image, mask)] into ``count`` TFRecord shards, as notebook 01 writes them."""
-    paths = [folder / name for name in data_loading.shard_names("train", count)]
+    paths = [folder / name for name in shards.shard_names("train", count)]
     writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
     for i, (image, mask) in enumerate(samples):
-        writers[i * count // len(samples)].write(
-            data_loading._example(f"s{i}", data_loading._png(image), data_loading._png(mask)))
+        writers[i * count // len(samples)].write(shards.example(f"s{i}", image, mask))
     for writer in writers:
         writer.close()
     return paths
 
 
+def make(files, num_classes, norm, batch_size, image=RGB8, items=None, size=None, **batching):
+    """``pipeline.make_dataset`` over ``files`` holding records of ``image``, batched as ``batching`` says."""
+    return pipeline.make_dataset(pipeline.SplitData(files, image, num_classes, items, size), norm,
+                                 pipeline.Batching(batch_size, **batching))
+
+
 @pytest.mark.parametrize("backbone", ["resnet34", "efficientnetb0", "mobilenetv2", "vgg16"])
 def test_normalisation_matches_segmentation_models(backbone):
-    norm = pipeline.encoder_normalization(backbone)
+    norm = normalization.encoder_normalization(backbone)
     x = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3)).astype(np.float32)
     expected = sm.get_preprocessing(backbone)(x.copy())
-    np.testing.assert_allclose(pipeline.normalize(x, norm).numpy(), expected, atol=1e-3)
-    np.testing.assert_array_equal(pipeline.denormalize(pipeline.normalize(x, norm), norm), x.astype(np.uint8))
+    np.testing.assert_allclose(normalization.normalize(x, norm).numpy(), expected, atol=1e-3)
+    np.testing.assert_array_equal(normalization.denormalize(normalization.normalize(x, norm), norm), x.astype(np.uint8))
 
 
 def test_augmentation_moves_image_and_mask_together(tmp_path):
@@ -43,9 +52,8 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
         image = np.stack([mask * 100, np.zeros_like(mask), np.zeros_like(mask)], -1).astype(np.uint8)
         samples.append((image, mask))
         originals.add(mask.tobytes())
-    norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
     tf.random.set_seed(1)
-    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 2), 3, norm, 3, training=True, augment="strong", repeat=True)
+    ds = make(write_shards(tmp_path, samples, 2), 3, IDENTITY, 3, training=True, augment="strong", repeat=True)
     seen, moved, jittered = 0, 0, 0
     for x, y in ds.take(8):
         labels = np.argmax(y.numpy(), -1)
@@ -66,9 +74,7 @@ def test_flip_augmentation_only_mirrors_left_right(tmp_path):
     rng = np.random.default_rng(0)
     masks = [rng.integers(0, 3, (8, 8)).astype(np.uint8) for _ in range(4)]
     samples = [(np.stack([m * 100] * 3, -1).astype(np.uint8), m) for m in masks]
-    identity = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
-    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 1), 3, identity, 4, training=True, augment="flip",
-                               repeat=True)
+    ds = make(write_shards(tmp_path, samples, 1), 3, IDENTITY, 4, training=True, augment="flip", repeat=True)
     kept, mirrored = 0, 0
     for x, y in ds.take(10):
         for image, labels in zip(x.numpy(), pipeline.labels(y)):
@@ -80,33 +86,29 @@ def test_flip_augmentation_only_mirrors_left_right(tmp_path):
 
 def test_ignored_pixels_become_empty_one_hot_rows_and_come_back(tmp_path):
     mask = np.array([[0, 1], [255, 2]], np.uint8)
-    norm = pipeline.encoder_normalization("mobilenetv2")
-    _, y = next(iter(pipeline.make_dataset(write_shards(tmp_path, [(np.zeros((2, 2, 3), np.uint8), mask)]), 3, norm, 1)))
+    norm = normalization.encoder_normalization("mobilenetv2")
+    _, y = next(iter(make(write_shards(tmp_path, [(np.zeros((2, 2, 3), np.uint8), mask)]), 3, norm, 1)))
     assert y.numpy()[0, 1, 0].sum() == 0
     np.testing.assert_array_equal(pipeline.labels(y[0]), mask)
 
 
 def test_streaming_dataset_shapes_and_one_hot(tmp_path):
-    shards = write_shards(tmp_path, [(np.full((8, 8, 3), i, np.uint8), np.full((8, 8), i % 2, np.uint8)) for i in range(5)], 2)
-    norm = pipeline.encoder_normalization("mobilenetv2")
-    batches = list(pipeline.make_dataset(shards, 2, norm, 2))
+    files = write_shards(tmp_path, [(np.full((8, 8, 3), i, np.uint8), np.full((8, 8), i % 2, np.uint8)) for i in range(5)], 2)
+    norm = normalization.encoder_normalization("mobilenetv2")
+    batches = list(make(files, 2, norm, 2))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # evaluation keeps every sample
     assert np.allclose(batches[0][1].numpy().sum(-1), 1)
     assert np.isclose(batches[0][0].numpy()[0, 0, 0, 0], -1.0)  # pixel 0 -> -1 for mobilenet
-    train = list(pipeline.make_dataset(shards, 2, norm, 2, training=True))
+    train = list(make(files, 2, norm, 2, training=True))
     assert [b[0].shape[0] for b in train] == [2, 2]  # whole batches for training (replicas split them)
 
 
 def test_training_order_is_shuffled_across_shards_and_epochs(tmp_path):
     samples = [(np.full((4, 4, 3), i, np.uint8), np.zeros((4, 4), np.uint8)) for i in range(40)]
-    norm = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
-    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 4), 1, norm, 40, training=True, seed=3)
+    ds = make(write_shards(tmp_path, samples, 4), 1, IDENTITY, 40, training=True, seed=3)
     first, second = ([int(v) for v in x.numpy()[:, 0, 0, 0]] for x, _ in (next(iter(ds)), next(iter(ds))))
     assert sorted(first) == sorted(second) == list(range(40))  # every sample once per epoch
     assert first != list(range(40)) and first != second
-
-
-IDENTITY = {"order": [0, 1, 2], "scale": [1.0, 1.0, 1.0], "offset": [0.0, 0.0, 0.0]}
 
 
 def rare_share(batches, rare: int = 2) -> float:
@@ -125,8 +127,8 @@ def test_rare_sampling_forces_a_share_of_every_batch_to_hold_a_rare_class(tmp_pa
         mask[1, 1] = 2 if i % 10 == 0 else 0
         samples.append((np.full((8, 8, 3), i, np.uint8), mask))
     rare = [2] if share else []
-    ds = pipeline.make_dataset(write_shards(tmp_path, samples, 4), 3, IDENTITY, 10, training=True, items=100,
-                               size=8, rare=rare, rare_share=share)
+    ds = make(write_shards(tmp_path, samples, 4), 3, IDENTITY, 10, training=True, items=100, size=8, rare=rare,
+              rare_share=share)
     epochs = [list(ds) for _ in range(4)]
     assert all(len(batches) == 10 for batches in epochs)  # an epoch is still the training split's length
     assert rare_share(sum(epochs, [])) == pytest.approx(expected, abs=0.05)
@@ -152,8 +154,8 @@ def full_images(count: int = 10):
 @pytest.mark.parametrize("share", [0.0, 0.5])
 def test_random_crops_are_tiles_of_the_full_images_and_keep_the_rare_share(tmp_path, share):
     images = full_images()
-    ds = pipeline.make_dataset(write_shards(tmp_path, images, 3), 2, IDENTITY, 8, training=True, items=10, size=32,
-                               crop=32, crops_per_image=4, rare=[1] if share else [], rare_share=share)
+    ds = make(write_shards(tmp_path, images, 3), 2, IDENTITY, 8, training=True, items=10, size=32, crop=32,
+              crops_per_image=4, rare=[1] if share else [], rare_share=share)
     batches = sum((list(ds) for _ in range(3)), [])
     assert len(batches) == 3 * 5 and all(x.shape == (8, 32, 32, 3) for x, _ in batches)  # 10 images x 4 crops
     windows = set()
@@ -179,12 +181,11 @@ import numpy as np
 from seglab.backend import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from seglab import pipeline
-from test_pipeline import IDENTITY, full_images, write_shards
+from test_pipeline import IDENTITY, full_images, make, write_shards
 from pathlib import Path
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-ds = pipeline.make_dataset(write_shards(Path(sys.argv[1]), full_images(), 3), 2, IDENTITY, 8, training=True, items=10,
-                           size=32, crop=32, crops_per_image=4, rare=[1], rare_share=0.5)
+ds = make(write_shards(Path(sys.argv[1]), full_images(), 3), 2, IDENTITY, 8, training=True, items=10, size=32, crop=32,
+          crops_per_image=4, rare=[1], rare_share=0.5)
 held = [int(y.numpy()[..., 1].any(axis=(1, 2)).sum()) for batch in strategy.experimental_distribute_dataset(ds)
         for y in strategy.experimental_local_results(batch[1])]
 print("HELD", held)
@@ -203,32 +204,29 @@ def test_each_replica_gets_the_rare_share_of_its_batch(tmp_path):
 
 def test_inputs_other_than_8bit_rgb_are_normalised_by_the_training_split():
     """8-bit RGB keeps the encoder's normalisation; anything else maps the training mean to 0 and std to 1."""
-    assert pipeline.input_normalization(pipeline.RGB8, "vgg16") == pipeline.encoder_normalization("vgg16")
+    assert normalization.input_normalization(RGB8, "vgg16") == normalization.encoder_normalization("vgg16")
     pixels = np.random.default_rng(0).normal([100, 2000, 30000, 7], [5, 300, 1000, 1], (500, 4)).astype(np.float32)
-    image = {"channels": 4, "dtype": "uint16", "mean": pixels.mean(0).tolist(), "std": pixels.std(0).tolist()}
-    norm = pipeline.input_normalization(image, "vgg16")
-    x = pipeline.normalize(pixels, norm).numpy()
+    image = ImageSpec(4, "uint16", "png", "dataset", mean=pixels.mean(0).tolist(), std=pixels.std(0).tolist())
+    norm = normalization.input_normalization(image, "vgg16")
+    x = normalization.normalize(pixels, norm).numpy()
     np.testing.assert_allclose(x.mean(0), 0, atol=1e-3)
     np.testing.assert_allclose(x.std(0), 1, atol=1e-3)
-    np.testing.assert_allclose(pipeline.denormalize(x, norm, "float32"), pixels, rtol=1e-5)
+    np.testing.assert_allclose(normalization.denormalize(x, norm, "float32"), pixels, rtol=1e-5)
 
 
 def test_multiband_float_shards_decode_and_augment_within_the_training_range(tmp_path):
-    """Serialised float tensors of 5 bands come through _parse; the jitter stays inside each band's range."""
+    """Serialised float tensors of 5 bands come through shards.parse; the jitter stays inside each band's range."""
     rng = np.random.default_rng(0)
     samples = [((rng.normal(0, 1, (8, 8, 5)) * [1, 2, 3, 4, 5]).astype(np.float32), np.zeros((8, 8), np.uint8))
                for _ in range(4)]
     low, high = np.min([s[0] for s in samples], (0, 1, 2)), np.max([s[0] for s in samples], (0, 1, 2))
-    image = {"channels": 5, "dtype": "float32", "encoding": "tensor", "min": low.tolist(), "max": high.tolist()}
-    paths = [tmp_path / "train-00000-of-00001.tfrecord"]
-    with tf.io.TFRecordWriter(str(paths[0])) as writer:
-        for i, (x, m) in enumerate(samples):
-            writer.write(data_loading._example(f"s{i}", data_loading.encode_image(x), data_loading._png(m)))
-    identity = {"order": list(range(5)), "scale": [1.0] * 5, "offset": [0.0] * 5}
-    plain = np.concatenate([x for x, _ in pipeline.make_dataset(paths, 2, identity, 4, image=image)])
+    image = ImageSpec(5, "float32", "tensor", "dataset", min=low.tolist(), max=high.tolist())
+    paths = write_shards(tmp_path, samples)
+    identity = Normalization(list(range(5)), [1.0] * 5, [0.0] * 5)
+    plain = np.concatenate([x for x, _ in make(paths, 2, identity, 4, image=image)])
     np.testing.assert_array_equal(plain, np.stack([x for x, _ in samples]))
     for _ in range(5):
-        x, _ = next(iter(pipeline.make_dataset(paths, 2, identity, 4, training=True, augment="strong", image=image)))
+        x, _ = next(iter(make(paths, 2, identity, 4, image=image, training=True, augment="strong")))
         assert (x.numpy() >= low - 1e-5).all() and (x.numpy() <= high + 1e-5).all()
 
 

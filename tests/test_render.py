@@ -71,6 +71,7 @@ def test_committed_notebooks_share_the_stamped_set_up_cell_parameters_and_badge(
         assert not render.stamp_notebook(nb, path.name)  # stamping again changes nothing
     readme = (render.REPO / "README.md").read_text()
     assert all(colab.badge(p.name) in readme for p in render.series())
+    assert render.readme_sections(readme) == readme, "README's generated sections: run python -m seglab render --cells-only"
 
 
 def test_stamping_replaces_the_shared_cells_keeps_ids_and_clears_only_changed_outputs():

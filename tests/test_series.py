@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from seglab.records import (ClassWeights, DatasetRecord, Environment, ExportCard, History, Metrics, ModelCard,
+                            ModelInput, RunManifest, TrainingRecord)
+from seglab.rundir import RunDir
 
 # U-Net first (notebooks 06 and 07 use the first), PSPNet for its own size rule, and the two decoders of
 # seglab.architectures; FPN and LinkNet are sm's own, built in test_training, and would add a minute here.
@@ -41,18 +44,31 @@ def test_every_notebook_ran_without_error_outputs(series_run):
     assert "series finished" in result.stdout
 
 
+def test_every_run_folder_file_carries_its_format_version(series_run):
+    run_dir, _ = series_run
+    files = [RunManifest.FILE, Environment.FILE, DatasetRecord.FILE, "dataset/fingerprint.json", ClassWeights.FILE,
+             TrainingRecord.FILE, Metrics.FILE, ModelCard.where("unet"), History.where("unet"), "train_state/unet.json",
+             "export/" + ExportCard.where("unet")]
+    for rel in files:
+        assert json.loads((run_dir / rel).read_text())["format_version"] == 1, rel
+    raw = json.loads((run_dir / TrainingRecord.FILE).read_text())
+    assert set(raw) == {"format_version", "models"} and set(raw["models"]) == set(ARCHITECTURES)
+
+
 def test_step_00_and_01_hand_over_their_artifacts(series_run):
     run_dir, _ = series_run
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert {"gpu_check", "data"} <= set(manifest["steps"])
-    env = json.loads((run_dir / "env.json").read_text())
-    assert env["accelerator"] in ("CPU", "GPU", "TPU") and env["tensorflow"]
-    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
-    assert len(dataset["items"]) == 16
-    shards = [run_dir / "dataset" / name for names in dataset["shards"].values() for name in names]
+    run = RunDir(run_dir)
+    manifest = run.manifest()
+    assert {"gpu_check", "data"} <= set(manifest.steps)
+    env = run.read(Environment)
+    assert env.accelerator in ("CPU", "GPU", "TPU") and env.tensorflow
+    dataset = run.read(DatasetRecord)
+    assert len(dataset.items) == 16
+    shards = [run_dir / "dataset" / name for names in dataset.shards.values() for name in names]
     assert sorted(p.name for p in shards) == sorted(p.name for p in (run_dir / "dataset").glob("*.tfrecord"))
     assert len(shards) == 5  # one file per split and kind here, not one per image
-    assert manifest["steps"]["data"]["config"]["data"]["image_size"] == 96  # the override reached the notebook
+    assert manifest.steps["data"].config["data"]["image_size"] == 96  # the override reached the notebook
+    assert manifest.steps["data"].inputs == {}  # 01 checks that 00 ran, and reads nothing of it
     for figure in ("01_class_pixel_share", "01_training_samples", "01_augmented_batch"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
 
@@ -72,47 +88,53 @@ def test_a_bad_config_stops_before_any_notebook(tmp_path):
 
 def test_step_02_and_03_hand_over_weights_and_models(series_run):
     run_dir, _ = series_run
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    weights = json.loads((run_dir / "class_weights.json").read_text())
-    assert weights["scheme"] == "balanced" and len(weights["weights"]) == 4
-    assert manifest["steps"]["class_weights"]["inputs"] == {"data": manifest["steps"]["data"]["id"]}
-    training = manifest["steps"]["training"]
-    assert set(training["inputs"]) == {"data", "class_weights"}
-    summary = json.loads((run_dir / "training.json").read_text())
-    assert set(summary) == set(ARCHITECTURES)
+    run = RunDir(run_dir)
+    steps = run.manifest().steps
+    weights = run.read(ClassWeights)
+    assert weights.scheme == "balanced" and len(weights.weights) == 4
+    assert steps["class_weights"].inputs == {"data": steps["data"].id}
+    assert steps["training"].inputs == {"data": steps["data"].id, "class_weights": steps["class_weights"].id}
+    summary = run.read(TrainingRecord).models
+    assert list(summary) == ARCHITECTURES
     for arch, s in summary.items():
-        assert (run_dir / s["model"]).stat().st_size > 100_000
-        assert s["epochs"] == 2 and 0 <= s["best_val_mean_iou"] <= 1
-        history = json.loads((run_dir / "history" / f"{arch}.json").read_text())
-        assert len(history["epochs"]) == 2
+        assert (run_dir / s.model).stat().st_size > 100_000 and s.architecture == arch
+        assert s.epochs == 2 and 0 <= s.best_val_mean_iou <= 1
+        history = run.read(History, arch)
+        assert len(history.epochs) == 2 and history.summary == s
+        assert run.read(ModelCard, arch).classes == ["background", "disc", "bar", "speck"]
     assert any((run_dir / "tensorboard" / "unet").rglob("events.out.tfevents.*"))
     assert (run_dir / "figures" / "03_training_curves.png").exists()
 
 
 def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
     run_dir, _ = series_run
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
-    test_ids = dataset["splits"]["test"]["source_ids"]
-    assert metrics["split"] == "test" and metrics["resolution"] == "original"
-    assert set(metrics["models"]) == set(ARCHITECTURES)
-    for name, m in metrics["models"].items():
+    run = RunDir(run_dir)
+    steps = run.manifest().steps
+    metrics = run.read(Metrics)
+    dataset = run.read(DatasetRecord)
+    test_ids = dataset.splits["test"].source_ids
+    assert metrics.split == "test" and metrics.resolution == "original"
+    assert set(metrics.models) == set(ARCHITECTURES)
+    for name, m in metrics.models.items():
         for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
-            assert 0 <= m[key] <= 1
-        assert set(m["per_class_iou"]) == set(dataset["classes"])
-        cm = m["confusion_matrix"]
-        assert sum(map(sum, cm)) == len(test_ids) * 96 * 96  # every test pixel counted once
-        assert set(m["per_image_iou"]) == set(test_ids)
-        assert m["selected_on_val"]["name"] in m["variants"]
+            assert 0 <= getattr(m, key) <= 1
+        assert set(m.per_class_iou) == set(dataset.classes)
+        assert sum(map(sum, m.confusion_matrix)) == len(test_ids) * 96 * 96  # every test pixel counted once
+        assert set(m.per_image_iou) == set(test_ids)
+        assert m.selected_on_val["name"] in m.variants
         assert sorted(p.stem for p in (run_dir / "predictions" / name).glob("*.png")) == sorted(test_ids)
+        assert sorted(m.saved_predictions) == sorted(test_ids)
+    assert steps["evaluation"].inputs == {"data": steps["data"].id, "training": steps["training"].id}
     header = (run_dir / "comparison.csv").read_text().splitlines()[0]
     assert header.startswith("model,mean_iou,") and "iou_speck" in header
-    figures = manifest["steps"]["visualization"]["outputs"]
+    figures = steps["visualization"].outputs
     for name in ("05_predictions_unet", "05_best_and_worst_pspnet", "05_confusion_matrices", "05_training_curves",
                  "05_per_class_iou"):
-        assert (run_dir / figures[name]).stat().st_size > 1000
-    assert manifest["steps"]["visualization"]["inputs"] == {"evaluation": manifest["steps"]["evaluation"]["id"]}
+        rel = f"figures/{name}.png"
+        assert figures[rel] == (run_dir / rel).stat().st_size > 1000
+    # 05 reads the test images (01), the scores (04) and the training curves (03), each the record now in place
+    assert steps["visualization"].inputs == {"data": steps["data"].id, "evaluation": steps["evaluation"].id,
+                                             "training": steps["training"].id}
 
 
 def test_metrics_json_matches_a_direct_check(series_run):
@@ -123,7 +145,7 @@ def test_metrics_json_matches_a_direct_check(series_run):
     from seglab.backend import keras, sm
 
     run_dir, _ = series_run
-    reported = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]["mean_iou"]
+    reported = RunDir(run_dir).read(Metrics).models["unet"].mean_iou
     model = keras.models.load_model(str(run_dir / "models" / "unet.keras"), compile=False)
     preprocess = sm.get_preprocessing("resnet18")
     import io
@@ -139,20 +161,22 @@ def test_metrics_json_matches_a_direct_check(series_run):
         seen += 1
         prediction = model.predict(image, verbose=0)[0].argmax(-1)  # demo images are one window at scale 1
         cm = cm + confusion_matrix(truth.ravel(), prediction.ravel(), labels=range(4))
-    assert seen == len(json.loads((run_dir / "dataset" / "dataset.json").read_text())["splits"]["test"]["source_ids"])
+    assert seen == len(RunDir(run_dir).read(DatasetRecord).splits["test"].source_ids)
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     assert abs(np.nanmean(iou[cm.sum(1) > 0]) - reported) < 0.005
 
 
 def test_step_06_segments_held_out_images_and_a_large_demo_scene(series_run):
     run_dir, _ = series_run
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest["steps"]["inference"]["inputs"]) == {"data", "training"}
+    run = RunDir(run_dir)
+    steps = run.manifest().steps
+    assert steps["inference"].inputs == {"data": steps["data"].id, "training": steps["training"].id}
     out = run_dir / "inference" / "output"
     names = {p.name for p in out.iterdir()}
     assert {"class_areas.csv", "large_scene_mask.png", "large_scene_color.png", "large_scene_overlay.png"} <= names
-    dataset = json.loads((run_dir / "dataset" / "dataset.json").read_text())
-    largest = sorted(dataset["splits"]["test"]["source_ids"], key=lambda s: -np.prod(dataset["source"]["sizes"][s]))[:3]
+    dataset = run.read(DatasetRecord)
+    assert dataset.demo_scene.image == "dataset/demo_scene/large_scene.png"  # 06 reads it from 01's dataset
+    largest = sorted(dataset.splits["test"].source_ids, key=lambda s: -np.prod(dataset.source.sizes[s]))[:3]
     assert {n for n in names if n.endswith("_mask.png")} == {f"{s}_mask.png" for s in largest} | {"large_scene_mask.png"}
     from PIL import Image
 
@@ -161,16 +185,21 @@ def test_step_06_segments_held_out_images_and_a_large_demo_scene(series_run):
 
 def test_step_07_exports_that_agree_with_the_trained_model(series_run):
     run_dir, _ = series_run
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    step = manifest["steps"]["export"]
-    assert step["inputs"] == {"training": manifest["steps"]["training"]["id"]}
+    run = RunDir(run_dir)
+    steps = run.manifest().steps
+    step = run.require("export")
+    # 07 loads the trained model (03) and checks it on the test images (01)
+    assert step.inputs == {"training": steps["training"].id, "data": steps["data"].id}
     names = {p.name for p in (run_dir / "export").iterdir()}
-    assert names == {"unet_savedmodel", "unet.tflite", "unet.onnx", "unet.json"}
-    assert set(step["parity"]) == {"savedmodel", "tflite", "onnx"}
-    for check in step["parity"].values():  # the same classes, probabilities equal up to rounding (see test_export)
+    assert names == {"unet_savedmodel", "unet.tflite", "unet.onnx", "unet.export.json"}
+    assert set(step.outputs) == {f"export/{name}" for name in names}
+    assert set(step.extra["parity"]) == {"savedmodel", "tflite", "onnx"}
+    for check in step.extra["parity"].values():  # the same classes, probabilities equal up to rounding (see test_export)
         assert check["pixel_agreement"] >= 0.999 and check["mean_probability_difference"] < 1e-5
         assert check["max_probability_difference"] < 1e-2
-    assert json.loads((run_dir / "export" / "unet.json").read_text())["classes"] == ["background", "disc", "bar", "speck"]
+    card = ExportCard.load(run_dir / "export" / ExportCard.where("unet"))
+    assert card.classes == ["background", "disc", "bar", "speck"]
+    assert sorted(card.files) == sorted(names - {"unet.export.json"})
 
 
 FOLDER_SIZES = [(37, 53), (61, 45), (50, 50), (29, 71), (45, 33)]
@@ -188,12 +217,15 @@ def _series_on_folder(tmp_path_factory, name: str, **dataset):
     return base / "run", root
 
 
-def _after_every_step(run_dir) -> tuple[dict, dict]:
-    """The run manifest and dataset.json, once every notebook is checked to have recorded its step."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest["steps"]) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
-                                      "inference", "export"}
-    return manifest, json.loads((run_dir / "dataset" / "dataset.json").read_text())
+def _after_every_step(run_dir) -> tuple[RunManifest, DatasetRecord]:
+    """The run manifest and the dataset record, once every notebook is checked to have recorded its step."""
+    run = RunDir(run_dir)
+    manifest = run.manifest()
+    assert set(manifest.steps) == {"gpu_check", "data", "class_weights", "training", "evaluation", "visualization",
+                                   "inference", "export"}
+    for step in manifest.steps:
+        run.require(step)  # every output in place, every input the record now there
+    return manifest, run.read(DatasetRecord)
 
 
 @pytest.fixture(scope="module")
@@ -206,14 +238,15 @@ def folder_run(tmp_path_factory):
 def test_the_series_runs_on_a_users_folder_dataset(folder_run):
     run_dir, root = folder_run
     manifest, dataset = _after_every_step(run_dir)
-    assert dataset["classes"] == ["background", "a", "b"] and dataset["ignore_index"] == 255
-    metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]
+    assert dataset.classes == ["background", "a", "b"] and dataset.ignore_index == 255
+    assert dataset.demo_scene is None
+    metrics = RunDir(run_dir).read(Metrics).models["unet"]
     from PIL import Image
 
-    test_ids = dataset["splits"]["test"]["source_ids"]
+    test_ids = dataset.splits["test"].source_ids
     sizes = {stem: Image.open(root / "images" / f"{stem}.png").size for stem in test_ids}
     ignored = sum(h for w, h in sizes.values())  # one ignored column per image
-    assert sum(map(sum, metrics["confusion_matrix"])) == sum(w * h for w, h in sizes.values()) - ignored
+    assert sum(map(sum, metrics.confusion_matrix)) == sum(w * h for w, h in sizes.values()) - ignored
     for stem, size in sizes.items():
         assert Image.open(run_dir / "predictions" / "unet" / f"{stem}.png").size == size  # at the user's size
     out = run_dir / "inference" / "output"
@@ -231,32 +264,32 @@ def bands_run(tmp_path_factory):
 
 def test_the_series_runs_on_four_band_16bit_images(bands_run):
     run_dir, root = bands_run
-    from seglab import sources
+    from seglab import readers
 
     manifest, dataset = _after_every_step(run_dir)
-    image = dataset["image"]
-    assert (image["channels"], image["dtype"], image["encoding"], image["intensity"]) == (4, "uint16", "png", "dataset")
-    train = np.concatenate([sources.read_image(root / "images" / f"{s}.tif").reshape(-1, 4)
-                            for s in dataset["splits"]["train"]["source_ids"]])
-    np.testing.assert_allclose(image["mean"], train.mean(0))
-    sidecar = json.loads((run_dir / "models" / "unet.json").read_text())
-    assert sidecar["image"] == {"channels": 4, "dtype": "uint16", "intensity": "dataset"}
-    np.testing.assert_allclose(sidecar["normalization"]["scale"], 1 / train.std(0), rtol=1e-6)  # not the encoder's
-    test_ids = dataset["splits"]["test"]["source_ids"]
-    sizes = {stem: tuple(dataset["source"]["sizes"][stem]) for stem in test_ids}
-    metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["unet"]
-    assert sum(map(sum, metrics["confusion_matrix"])) == sum(h * w for h, w in sizes.values())
+    image = dataset.images
+    assert (image.channels, image.dtype, image.encoding, image.intensity) == (4, "uint16", "png", "dataset")
+    train = np.concatenate([readers.read_image(root / "images" / f"{s}.tif").reshape(-1, 4)
+                            for s in dataset.splits["train"].source_ids])
+    np.testing.assert_allclose(image.mean, train.mean(0))
+    card = ModelCard.beside(run_dir / "models" / "unet.keras")
+    assert card.input == ModelInput(channels=4, dtype="uint16", intensity="dataset")
+    np.testing.assert_allclose(card.normalization.scale, 1 / train.std(0), rtol=1e-6)  # not the encoder's
+    test_ids = dataset.splits["test"].source_ids
+    sizes = {stem: tuple(dataset.source.sizes[stem]) for stem in test_ids}
+    metrics = RunDir(run_dir).read(Metrics).models["unet"]
+    assert sum(map(sum, metrics.confusion_matrix)) == sum(h * w for h, w in sizes.values())
     from PIL import Image
 
     for stem, (h, w) in sizes.items():
         assert Image.open(run_dir / "predictions" / "unet" / f"{stem}.png").size == (w, h)
-        kept = sources.read_image(run_dir / "inference" / "test_images" / f"{stem}.tif")  # shown to 06 as read
-        np.testing.assert_array_equal(kept, sources.read_image(root / "images" / f"{stem}.tif"))
+        kept = readers.read_image(run_dir / "inference" / "test_images" / f"{stem}.tif")  # shown to 06 as read
+        np.testing.assert_array_equal(kept, readers.read_image(root / "images" / f"{stem}.tif"))
     out = run_dir / "inference" / "output"
     assert {f"{stem}_overlay.png" for stem in test_ids} <= {p.name for p in out.iterdir()}
     for name in ("01_training_samples", "01_augmented_batch", "05_predictions_unet", "06_predictions"):
         assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000
-    exported = json.loads((run_dir / "export" / "unet.json").read_text())["input"]
+    exported = ExportCard.load(run_dir / "export" / ExportCard.where("unet")).input
     assert exported["dtype"] == "uint16" and exported["shape"] == [None, 64, 64, 4]
-    for check in manifest["steps"]["export"]["parity"].values():  # uint16 in, normalised inside the exported graph
+    for check in manifest.steps["export"].extra["parity"].values():  # uint16 in, normalised inside the exported graph
         assert check["pixel_agreement"] >= 0.999 and check["mean_probability_difference"] < 1e-5

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import write_folder_dataset
 from seglab import data_loading
-from seglab.artifacts import RunDir
-from seglab.sources import DataError
+from seglab.readers import DataError
+from seglab.rundir import RunDir
 
 
 def _cases(tmp_path, cases=5, slices=4):
@@ -24,10 +24,10 @@ def _prepare(make_config, root, *overrides):
     return data_loading.prepare_dataset(cfg, RunDir(cfg.run_dir))
 
 
-def _split_of_case(manifest):
+def _split_of_case(dataset):
     found = {}
     for split in data_loading.SPLITS:
-        for stem in manifest["splits"][split]["source_ids"]:
+        for stem in dataset.splits[split].source_ids:
             found.setdefault(stem.split("_")[0], set()).add(split)
     return found
 
@@ -36,11 +36,11 @@ def test_a_group_pattern_keeps_each_group_in_one_split(tmp_path, make_config):
     root = _cases(tmp_path)
     grouped = _prepare(make_config, root, r"data.group_pattern=^(case\d+)_")
     assert all(len(splits) == 1 for splits in _split_of_case(grouped).values())
-    assert grouped["split_by"].startswith("groups of data.group_pattern")
-    assert sorted(len(grouped["splits"][s]["source_ids"]) for s in data_loading.SPLITS) == [4, 4, 12]
+    assert grouped.split_by.startswith("groups of data.group_pattern")
+    assert sorted(len(grouped.splits[s].source_ids) for s in data_loading.SPLITS) == [4, 4, 12]
     shutil.rmtree(tmp_path / "run")
     per_image = _prepare(make_config, root)  # the leak the pattern prevents
-    assert any(len(splits) > 1 for splits in _split_of_case(per_image).values()) and per_image["split_by"] == "image"
+    assert any(len(splits) > 1 for splits in _split_of_case(per_image).values()) and per_image.split_by == "image"
 
 
 def test_a_group_pattern_that_matches_an_image_not_is_named(tmp_path, make_config):
@@ -63,10 +63,10 @@ def _split_file(root, train, val, test):
 def test_a_split_file_is_followed_exactly_and_wins_over_the_pattern(tmp_path, make_config):
     root = _cases(tmp_path, cases=3, slices=2)
     _split_file(root, ["case0_slice0", "case1_slice0", "case2_slice0", "case2_slice1"], ["case0_slice1"], ["case1_slice1"])
-    manifest = _prepare(make_config, root, r"data.group_pattern=^(case\d+)_")
-    assert manifest["split_by"] == "splits.json"
-    assert manifest["splits"]["val"]["source_ids"] == ["case0_slice1"]
-    assert manifest["splits"]["test"]["source_ids"] == ["case1_slice1"]
+    dataset = _prepare(make_config, root, r"data.group_pattern=^(case\d+)_")
+    assert dataset.split_by == "splits.json"
+    assert dataset.splits["val"].source_ids == ["case0_slice1"]
+    assert dataset.splits["test"].source_ids == ["case1_slice1"]
 
 
 @pytest.mark.parametrize("train, val, test, message", [
@@ -88,6 +88,6 @@ def test_a_bad_split_file_is_named_with_the_problem(tmp_path, make_config, train
 def test_changing_the_split_file_redoes_the_dataset(tmp_path, make_config):
     root = _cases(tmp_path, cases=3, slices=2)
     _split_file(root, ["case0_slice0", "case1_slice0", "case2_slice0", "case2_slice1"], ["case0_slice1"], ["case1_slice1"])
-    assert _prepare(make_config, root)["splits"]["val"]["source_ids"] == ["case0_slice1"]
+    assert _prepare(make_config, root).splits["val"].source_ids == ["case0_slice1"]
     _split_file(root, ["case0_slice0", "case1_slice0", "case2_slice0", "case2_slice1"], ["case1_slice1"], ["case0_slice1"])
-    assert _prepare(make_config, root)["splits"]["val"]["source_ids"] == ["case1_slice1"]
+    assert _prepare(make_config, root).splits["val"].source_ids == ["case1_slice1"]

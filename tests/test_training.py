@@ -10,15 +10,17 @@ import threading
 import numpy as np
 import pytest
 
-from seglab import class_weights, data_loading, planning, training
-from seglab.artifacts import RunDir
+from seglab import callbacks, class_weights, data_loading, devices, losses, metrics, models, training
 from seglab.backend import keras, tf
 from seglab.config import ConfigError
+from seglab.models import ModelSpec
+from seglab.records import DatasetRecord, TrainingRecord
+from seglab.rundir import RunDir
 
 
 @pytest.mark.parametrize("arch, size", [("unet", 64), ("fpn", 64), ("linknet", 64), ("pspnet", 48)])
 def test_every_architecture_builds_with_a_float32_softmax(arch, size):
-    model = training.build_model(arch, "resnet18", 5, size)
+    model = models.build_model(ModelSpec(arch, "resnet18", 5, size))
     assert model.output_shape == (None, size, size, 5)
     assert model.layers[-1].dtype == "float32"
     out = model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
@@ -33,13 +35,13 @@ def test_every_architecture_builds_with_a_float32_softmax(arch, size):
 ])
 def test_input_size_rules_are_checked_before_building(arch, size, factor, message):
     with pytest.raises(ConfigError, match=message):
-        training.build_model(arch, "resnet18", 3, size, downsample_factor=factor)
+        models.build_model(ModelSpec(arch, "resnet18", 3, size, pspnet_downsample_factor=factor))
 
 
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus"])
 def test_batchnorm_statistics_follow_the_data_within_a_few_dozen_steps(arch):
     """What predictions use: with Keras' 0.99 the input layer's moving mean is at 26% of the data's after 30 steps."""
-    model = training.build_model(arch, "resnet18", 2, 32)
+    model = models.build_model(ModelSpec(arch, "resnet18", 2, 32))
     model.compile(keras.optimizers.SGD(0.0), "mse")  # no weight changes: only the moving statistics move
     x = np.full((30, 32, 32, 3), 100.0, np.float32)
     model.fit(x, np.zeros((30, 32, 32, 2), np.float32), batch_size=1, epochs=1, verbose=0)
@@ -49,12 +51,12 @@ def test_batchnorm_statistics_follow_the_data_within_a_few_dozen_steps(arch):
 
 def test_mixed_precision_keeps_the_output_in_float32():
     try:
-        assert training.set_precision("on") == "mixed_float16"
-        model = training.build_model("unet", "resnet18", 3, 32)
+        assert devices.set_precision("on") == "mixed_float16"
+        model = models.build_model(ModelSpec("unet", "resnet18", 3, 32))
         assert model.layers[-2].compute_dtype == "float16"
         assert model.output.dtype == tf.float32
     finally:
-        training.set_precision("off")
+        devices.set_precision("off")
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
@@ -92,7 +94,7 @@ def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry,
     monkeypatch.setitem(entry, "url", url + entry["name"])
     monkeypatch.setitem(entry, "md5", hashlib.md5(data).hexdigest())
     lines = []
-    model = training.build_model(arch, "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
+    model = models.build_model(ModelSpec(arch, "resnet18", 3, 64, encoder_weights="imagenet"), log=lines.append)
     assert lines == []
     expected = {w.name: w.numpy() for w in encoder.weights}
     conv = next(w for w in model.weights if w.name == "conv0/kernel:0")
@@ -100,8 +102,7 @@ def test_imagenet_weights_download_and_load(monkeypatch, resnet18_weights_entry,
 
 
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus"])
-def test_imagenet_weights_meet_four_channels_through_a_learned_1x1_adapter(monkeypatch, resnet18_weights_entry,
-                                                                           make_config, arch):
+def test_imagenet_weights_meet_four_channels_through_a_learned_1x1_adapter(monkeypatch, resnet18_weights_entry, arch):
     """With ImageNet weights, 4 channels go through channel_adapter into the pretrained 3-channel encoder;
     from scratch the encoder takes the 4 directly; the float32 copy for saving keeps the structure."""
     entry, served, url = resnet18_weights_entry
@@ -111,18 +112,18 @@ def test_imagenet_weights_meet_four_channels_through_a_learned_1x1_adapter(monke
     encoder.save_weights(str(served / entry["name"]))
     monkeypatch.setitem(entry, "url", url + entry["name"])
     monkeypatch.setitem(entry, "md5", hashlib.md5((served / entry["name"]).read_bytes()).hexdigest())
-    assert [training.needs_adapter(c, w) for c, w in ((4, "imagenet"), (1, "imagenet"), (3, "imagenet"), (4, None))] \
+    assert [models.needs_adapter(c, w) for c, w in ((4, "imagenet"), (1, "imagenet"), (3, "imagenet"), (4, None))] \
         == [True, True, False, False]
     lines = []
-    model = training.build_model(arch, "resnet18", 3, 64, encoder_weights="imagenet", channels=4, log=lines.append)
+    spec = ModelSpec(arch, "resnet18", 3, 64, channels=4, encoder_weights="imagenet")
+    model = models.build_model(spec, log=lines.append)
     assert lines == [] and model.input_shape == (None, 64, 64, 4)
     assert model.get_layer("channel_adapter").kernel.shape == (1, 1, 4, 3)
     conv = next(w for w in model.weights if w.name == "conv0/kernel:0")
     np.testing.assert_array_equal(conv.numpy(), next(w for w in encoder.weights if w.name == "conv0/kernel:0").numpy())
-    cfg = make_config(f"model.architectures=[{arch}]")
-    copy = training.export_float32(model, arch, cfg, 3, 64)
+    copy = models.float32_copy(model, spec)
     assert copy.get_layer("channel_adapter") is not None and len(copy.weights) == len(model.weights)
-    scratch = training.build_model(arch, "resnet18", 3, 64, channels=4)
+    scratch = models.build_model(ModelSpec(arch, "resnet18", 3, 64, channels=4))
     assert scratch.input_shape == (None, 64, 64, 4) and "channel_adapter" not in [l.name for l in scratch.layers]
 
 
@@ -133,7 +134,7 @@ def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch,
         (folder / "weights.h5").write_text("<html>blocked</html>")
     monkeypatch.setitem(entry, "url", url + "weights.h5")  # otherwise the server answers 404
     lines = []
-    model = training.build_model(arch, "resnet18", 3, 64, encoder_weights="imagenet", log=lines.append)
+    model = models.build_model(ModelSpec(arch, "resnet18", 3, 64, encoder_weights="imagenet"), log=lines.append)
     assert len(lines) == 1
     assert lines[0].startswith("imagenet weights for resnet18 could not be downloaded")
     assert lines[0].endswith(f"training {arch} from random initialisation.")
@@ -143,11 +144,19 @@ def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch,
 @pytest.fixture
 def prepared(make_config):
     cfg = make_config("data.demo.num_images=10", "train.batch_size=2", "train.epochs=3", "model.architectures=[unet]",
-                      "train.early_stopping_patience=10", "data.augment=none")
+                      "data.augment=none")
     run = RunDir(cfg.run_dir)
     data_loading.prepare_dataset(cfg, run)
-    weights = class_weights.write_class_weights(run, cfg)["weights"]
+    weights = class_weights.write_class_weights(run, cfg).weights
     return cfg, run, weights
+
+
+def train(cfg, run, weights, **kwargs):
+    """Notebook 03 for U-Net: begin the step (it reads notebook 02's weights), train, and record the step."""
+    step, _ = training.begin(run, cfg)
+    summary = training.train_model("unet", cfg, step, weights, **kwargs)
+    training.record(step, {"unet": summary})
+    return summary
 
 
 class _Disconnect(keras.callbacks.Callback):
@@ -173,15 +182,16 @@ def test_interrupted_training_resumes_with_the_weights_it_had(prepared):
     cfg, run, weights = prepared
     cut = _Disconnect()
     with pytest.raises(KeyboardInterrupt):
-        training.train_model("unet", cfg, run, weights, extra_callbacks=[cut])
+        train(cfg, run, weights, extra_callbacks=[cut])
     assert not run.path("models", "unet.keras").exists()  # nothing half-finished to trust
     start = _WeightsAtStart()
-    summary = training.train_model("unet", cfg, run, weights, extra_callbacks=[start])
+    summary = train(cfg, run, weights, extra_callbacks=[start])
     assert _epochs_logged(run) == [0, 1, 2]  # epochs 0 and 1 were not trained again
-    assert summary["resumed"] and summary["epochs"] == 3
+    assert summary.resumed and summary.epochs == 3
+    assert run.read(TrainingRecord).models == {"unet": summary}
     for restored, saved in zip(start.weights, cut.weights):
         np.testing.assert_array_equal(restored, saved)
-    model = training.load_model(run.path("models", "unet.keras"))
+    model = models.load_model(run.path("models", "unet.keras"))
     assert model.optimizer is None  # the export carries no optimizer state
 
 
@@ -189,32 +199,32 @@ def test_a_stale_training_state_is_not_resumed(prepared):
     """After notebook 02 or the config changed, the saved state belongs to another training."""
     cfg, run, weights = prepared
     with pytest.raises(KeyboardInterrupt):
-        training.train_model("unet", cfg, run, weights, extra_callbacks=[_Disconnect()])
+        train(cfg, run, weights, extra_callbacks=[_Disconnect()])
     cfg.class_weights.scheme = "none"
     class_weights.write_class_weights(run, cfg)  # a new record of step 02
     lines = []
-    summary = training.train_model("unet", cfg, run, [1.0] * 4, log=lines.append)
-    assert not summary["resumed"] and _epochs_logged(run) == [0, 1, 2]
+    summary = train(cfg, run, [1.0] * 4, log=lines.append)
+    assert not summary.resumed and _epochs_logged(run) == [0, 1, 2]
     assert any("starting fresh" in line for line in lines)
 
 
 def test_a_completed_training_starts_fresh_the_next_time(prepared):
     cfg, run, weights = prepared
-    training.train_model("unet", cfg, run, weights)
-    summary = training.train_model("unet", cfg, run, weights)
-    assert not summary["resumed"] and summary["epochs"] == 3
+    train(cfg, run, weights)
+    summary = train(cfg, run, weights)
+    assert not summary.resumed and summary.epochs == 3
 
 
 def test_a_model_trained_in_mixed_precision_is_exported_in_float32(prepared):
     cfg, run, weights = prepared
     cfg.train.epochs, cfg.train.steps_per_epoch = 1, 1
     try:
-        training.set_precision("on")
-        summary = training.train_model("unet", cfg, run, weights)
+        devices.set_precision("on")
+        summary = train(cfg, run, weights)
     finally:
-        training.set_precision("off")
-    assert summary["precision"] == "mixed_float16"
-    model = training.load_model(run.path(summary["model"]))
+        devices.set_precision("off")
+    assert summary.precision == "mixed_float16"
+    model = models.load_model(run.path(summary.model))
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
     assert model(x).dtype == tf.float32
@@ -229,8 +239,8 @@ def test_class_weights_reach_the_loss():
     truth[0, :4] = 1
     prediction = _one_hot(np.zeros((1, 8, 8), np.int64), 2) * 0.9 + 0.05  # class 1 missed entirely
     y = _one_hot(truth, 2)
-    plain = float(training.make_loss("dice", [1.0, 1.0])(y, prediction))
-    rare_heavy = float(training.make_loss("dice", [1.0, 9.0])(y, prediction))
+    plain = float(losses.make_loss("dice", [1.0, 1.0])(y, prediction))
+    rare_heavy = float(losses.make_loss("dice", [1.0, 9.0])(y, prediction))
     assert rare_heavy > plain * 1.3  # the missed class costs more when it weighs more
 
 
@@ -243,24 +253,22 @@ def test_ignored_pixels_count_in_neither_loss_nor_metric():
     other = prediction.copy()
     other[:, :4] = rng.dirichlet(np.ones(3), (2, 4, 16))  # change the prediction only where ignored
     for kind in ("dice", "dice+focal", "dice+crossentropy"):
-        loss = training.make_loss(kind, [1.0, 2.0, 3.0])
+        loss = losses.make_loss(kind, [1.0, 2.0, 3.0])
         np.testing.assert_allclose(float(loss(y, prediction)), float(loss(y, other)), rtol=1e-6)
     values = []
     for p in (prediction, other):
-        metric = training.MeanIoU(3)
+        metric = metrics.MeanIoU(3)
         metric.update_state(y, p)
         values.append(float(metric.result()))
     assert values[0] == values[1]
 
 
 def test_the_training_metric_is_the_dataset_level_mean_iou_of_notebook_04():
-    from seglab import metrics
-
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 4, (6, 12, 12))
     truth[truth == 3] = 2  # class 3 absent from the truth: left out of the mean, as in notebook 04
     prediction = rng.dirichlet(np.ones(4), (6, 12, 12)).astype(np.float32)
-    metric = training.MeanIoU(4)
+    metric = metrics.MeanIoU(4)
     for batch in range(3):  # batches are summed into one confusion matrix, not averaged
         metric.update_state(_one_hot(truth[2 * batch:2 * batch + 2], 4), prediction[2 * batch:2 * batch + 2])
     expected = metrics.scores(metrics.confusion_matrix(truth, prediction.argmax(-1), 4), list("abcd"))["mean_iou"]
@@ -272,14 +280,15 @@ import sys
 from seglab.backend import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from seglab import training
-from seglab.artifacts import RunDir
+from seglab import devices, training
 from seglab.config import load_config
+from seglab.rundir import RunDir
 cfg = load_config(sys.argv[1], sys.argv[2:])
-strategy = training.choose_strategy(cfg.train.strategy)
+strategy = devices.choose_strategy(cfg.train.strategy)
 assert isinstance(strategy, tf.distribute.MirroredStrategy), strategy
-summary = training.train_model("unet", cfg, RunDir(cfg.run_dir), [1.0, 1.0, 1.0, 1.0], strategy)
-print("REPLICAS", summary["replicas"], summary["global_batch_size"], summary["epochs"])
+step, _ = training.begin(RunDir(cfg.run_dir), cfg)
+summary = training.train_model("unet", cfg, step, [1.0, 1.0, 1.0, 1.0], strategy)
+print("REPLICAS", summary.replicas, summary.global_batch_size, summary.epochs)
 """
 
 
@@ -302,28 +311,15 @@ def test_the_time_budget_stops_training_mid_epoch_and_still_validates():
     steps = []
     counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
     history = model.fit(x, y, batch_size=4, epochs=5, validation_data=(x, y), verbose=0,
-                        callbacks=[training.TimeBudget(1e-9), counter])
+                        callbacks=[callbacks.TimeBudget(1e-9), counter])
     assert steps == [0]  # one step of the first of 5 epochs of 16 steps
     assert len(history.history["val_loss"]) == 1
-
-
-def test_early_stopping_is_off_unless_a_patience_is_set(prepared):
-    cfg, run, _ = prepared  # patience 10
-    cfg = planning.resolve(cfg, data_loading.load_manifest(run)["plan"])
-
-    def callbacks(cfg):
-        plan = training.prepare("unet", cfg, run, tf.distribute.get_strategy(), log=lambda line: None)
-        return {type(c).__name__: c for c in plan.callbacks}
-
-    assert callbacks(cfg)["EarlyStopping"].patience == 10
-    cfg.train.early_stopping_patience = None
-    assert "EarlyStopping" not in callbacks(cfg) and "CosineDecay" in callbacks(cfg)
 
 
 def _rates_under(schedule, epochs: int, seconds_per_step: float, monkeypatch) -> tuple[list, dict]:
     """The learning rate of every step of a 4-step-per-epoch fit, with a clock that ticks once per step."""
     clock = [0.0]
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.5), "mse")
     rates = []
@@ -339,7 +335,7 @@ def _rates_under(schedule, epochs: int, seconds_per_step: float, monkeypatch) ->
 
 
 def test_the_cosine_schedule_follows_the_time_budget_when_it_ends_training(monkeypatch):
-    rates, history = _rates_under([training.CosineDecay(0.5, epochs=1000, minutes=1), training.TimeBudget(1)],
+    rates, history = _rates_under([callbacks.CosineDecay(0.5, epochs=1000, minutes=1), callbacks.TimeBudget(1)],
                                   1000, 15, monkeypatch)  # each step takes 15 s of a 1-minute budget
     cosine = lambda progress: 0.25 * (1 + math.cos(math.pi * progress))
     assert rates == pytest.approx([cosine(0), cosine(0.25), cosine(0.5), cosine(0.75), cosine(1)])
@@ -347,7 +343,7 @@ def test_the_cosine_schedule_follows_the_time_budget_when_it_ends_training(monke
 
 
 def test_the_cosine_schedule_follows_the_epochs_without_a_budget(monkeypatch):
-    rates, history = _rates_under([training.CosineDecay(0.5, epochs=4)], 4, 15, monkeypatch)
+    rates, history = _rates_under([callbacks.CosineDecay(0.5, epochs=4)], 4, 15, monkeypatch)
     cosine = lambda progress: 0.25 * (1 + math.cos(math.pi * progress))
     assert rates == pytest.approx([cosine(e / 4) for e in range(4) for _ in range(4)])
     assert history["lr"] == pytest.approx([cosine(e / 4) for e in range(4)])
@@ -357,10 +353,14 @@ def test_training_reads_random_crops_with_rare_classes_forced_into_each_batch(ma
     cfg = make_config("data.mode=tile", "data.image_size=32", "data.train_tiles=random_crops", "train.sampling=rare",
                       "train.rare_share=0.5", "train.batch_size=4", "data.augment=none")
     run = RunDir(cfg.run_dir)
-    manifest = data_loading.prepare_dataset(cfg, run)
+    data_loading.prepare_dataset(cfg, run)
+    step = run.begin("training", cfg)
+    dataset = step.read(DatasetRecord)
     lines = []
-    plan = training.prepare("unet", cfg, run, tf.distribute.get_strategy(), log=lines.append)
+    setup = training.prepare("unet", cfg, step, dataset, tf.distribute.get_strategy(), log=lines.append)
     assert any(line.startswith("rare classes") and "speck" in line for line in lines)
-    assert plan.train.cardinality() == manifest["splits"]["train"]["items"] // 4  # an epoch: as many crops as tiles
-    for _, y in plan.train.take(3):
+    assert setup.train.cardinality() == dataset.splits["train"].items // 4  # an epoch: as many crops as tiles
+    names = [type(c).__name__ for c in setup.callbacks]
+    assert "CosineDecay" in names and not {"EarlyStopping", "ReduceLROnPlateau"} & set(names)  # one schedule, always
+    for _, y in setup.train.take(3):
         assert y.shape == (4, 32, 32, 4) and y.numpy()[..., 3].any(axis=(1, 2)).sum() >= 2

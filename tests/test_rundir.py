@@ -2,7 +2,19 @@ import json
 
 import pytest
 
-from seglab.artifacts import MissingInput, RunDir, atomic_dir, write_json
+from seglab.atomic import atomic_dir, write_json
+from seglab.records import MissingInput
+from seglab.rundir import RunDir
+
+
+def record(run, step, *outputs, inputs=(), config=None):
+    """Run ``step`` as a notebook does: begin, read its inputs, write its outputs, finish."""
+    started = run.begin(step, config)
+    for dep in inputs:
+        started.require(dep)
+    for rel in outputs:
+        started.wrote(rel)
+    return started.finish()
 
 
 def test_atomic_json_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -33,17 +45,17 @@ def test_require_names_the_notebook_to_run_first(tmp_path):
 
 
 def test_record_refuses_outputs_that_are_not_there(tmp_path):
-    with pytest.raises(RuntimeError, match="did not write: env"):
-        RunDir(tmp_path).record("gpu_check", {"env": "env.json"})
+    with pytest.raises(RuntimeError, match="did not write: env.json"):
+        record(RunDir(tmp_path), "gpu_check", "env.json")
 
 
 def test_a_step_started_again_is_not_trusted_until_it_records(tmp_path):
     run = RunDir(tmp_path)
     write_json(run.path("env.json"), {})
-    run.record("gpu_check", {"env": "env.json"})
+    record(run, "gpu_check", "env.json")
     write_json(run.path("dataset.json"), {})
-    run.record("data", {"dataset": "dataset.json"}, inputs=("gpu_check",))
-    run.start("gpu_check")  # e.g. cut off half-way through rewriting its outputs
+    record(run, "data", "dataset.json", inputs=("gpu_check",))
+    run.begin("gpu_check")  # e.g. cut off half-way through rewriting its outputs
     with pytest.raises(MissingInput, match="Run notebook 00_gpu_check.ipynb first"):
         run.require("gpu_check")
     with pytest.raises(MissingInput, match="01_data_loading_and_preprocessing.ipynb again"):
@@ -53,11 +65,12 @@ def test_a_step_started_again_is_not_trusted_until_it_records(tmp_path):
 def test_require_detects_deleted_and_stale_inputs(tmp_path):
     run = RunDir(tmp_path)
     write_json(run.path("env.json"), {})
-    run.record("gpu_check", {"env": "env.json"}, config={"a": 1})
+    record(run, "gpu_check", "env.json", config={"a": 1})
     write_json(run.path("dataset.json"), {})
-    run.record("data", {"dataset": "dataset.json"}, inputs=("gpu_check",))
-    assert run.require("data")["versions"]["tensorflow"]
-    run.record("gpu_check", {"env": "env.json"})  # rerun upstream: downstream is now stale
+    record(run, "data", "dataset.json", inputs=("gpu_check",))
+    assert run.require("data").versions["tensorflow"]
+    assert run.require("gpu_check").config == {"a": 1}
+    record(run, "gpu_check", "env.json")  # rerun upstream: downstream is now stale
     with pytest.raises(MissingInput, match="Run notebook 01_data_loading_and_preprocessing.ipynb again: it used an older"):
         run.require("data")
     run.path("env.json").unlink()

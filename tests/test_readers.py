@@ -5,8 +5,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from seglab import data_loading, sources
-from seglab.sources import DataError
+from seglab import data_loading, readers, shards
+from seglab.readers import DataError
+from seglab.rundir import RunDir
 
 from conftest import write_folder_dataset
 
@@ -21,20 +22,20 @@ def test_index_masks_grey_and_palette_and_various_image_formats(tmp_path):
     palette = Image.open(root / "masks" / "img2.png").convert("P")
     palette.putpalette([0, 0, 0, 9, 9, 9, 200, 0, 0] + [0] * 759)
     palette.save(root / "masks" / "img2.png")
-    classes = sources.read_classes(root / "classes.json")
-    for stem, image_path, mask_path in sources.find_pairs(root):  # as RGB, the 16-bit image stretched: the old reading
-        image, mask = sources.read_pair(image_path, mask_path, classes, channels=3, intensity="per_image")
+    classes = readers.read_classes(root / "classes.json")
+    for stem, image_path, mask_path in readers.find_pairs(root):  # as RGB, the 16-bit image stretched: the old reading
+        image, mask = readers.read_pair(image_path, mask_path, classes, channels=3, intensity="per_image")
         assert image.dtype == np.uint8 and image.shape == (40, 48, 3)
         assert set(np.unique(mask)) == {0, 1, 2}
-    stretched = sources.read_image(root / "images" / "img0.tif", intensity="per_image")
+    stretched = readers.read_image(root / "images" / "img0.tif", intensity="per_image")
     assert stretched.min() == 0 and stretched.max() == 255 and stretched.shape == (40, 48, 1)
-    assert sources.read_image(root / "images" / "img0.tif").max() == 47 * 20 + 39 * 48 * 20  # its own values
+    assert readers.read_image(root / "images" / "img0.tif").max() == 47 * 20 + 39 * 48 * 20  # its own values
 
 
 def test_rgb_colour_masks_map_to_class_indices(tmp_path):
     root = write_folder_dataset(tmp_path / "d", n=1, rgb_masks=True)
-    classes = sources.read_classes(root / "classes.json")
-    mask = sources.read_mask(root / "masks" / "img0.png", classes)
+    classes = readers.read_classes(root / "classes.json")
+    mask = readers.read_mask(root / "masks" / "img0.png", classes)
     assert mask[0, 0] == 2 and mask[-1, -1] == 1 and mask[-1, 0] == 0
 
 
@@ -45,12 +46,12 @@ def test_images_of_different_sizes_in_one_folder(tmp_path, make_config):
         for sub in ("images", "masks"):
             (tmp_path / "e" / sub / f"img{i}.png").rename(root / sub / f"big{i}.png")
     cfg = make_config("data.source=folder", f"data.root={root}", "data.image_size=32")
-    manifest = data_loading.prepare_dataset(cfg, data_loading.RunDir(cfg.run_dir))
-    assert len(manifest["items"]) == 6
-    assert {tuple(s) for s in manifest["source"]["sizes"].values()} == {(40, 48), (70, 90)}
-    run = data_loading.RunDir(cfg.run_dir)
+    run = RunDir(cfg.run_dir)
+    dataset = data_loading.prepare_dataset(cfg, run)
+    assert len(dataset.items) == 6
+    assert {tuple(s) for s in dataset.source.sizes.values()} == {(40, 48), (70, 90)}
     samples = [s for split in data_loading.SPLITS
-               for s in data_loading.read_samples(data_loading.split_shards(run, manifest, split))]
+               for s in shards.read_samples(dataset.shard_files(run.root, split), dataset.images)]
     assert len(samples) == 6 and all(image.shape == (32, 32, 3) for _, image, _ in samples)
 
 
@@ -105,7 +106,7 @@ BAD = {
 def test_bad_input_names_the_file_and_keeps_the_previous_output(tmp_path, make_config, problem):
     root = write_folder_dataset(tmp_path / "d", n=5, rgb_masks=problem == "unknown colour")
     cfg = make_config("data.source=folder", f"data.root={root}")
-    run = data_loading.RunDir(cfg.run_dir)
+    run = RunDir(cfg.run_dir)
     data_loading.prepare_dataset(cfg, run)
     before = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
     _bad(root, problem)
@@ -118,18 +119,18 @@ def test_bad_input_names_the_file_and_keeps_the_previous_output(tmp_path, make_c
 
 def test_palette_masks_are_mapped_by_colour_when_colours_are_given(tmp_path):
     root = write_folder_dataset(tmp_path / "d", n=1, rgb_masks=True)  # colours: bg black, a red, b blue
-    classes = sources.read_classes(root / "classes.json")
+    classes = readers.read_classes(root / "classes.json")
     palette = Image.new("P", (4, 1))
     palette.putpalette([0, 0, 255, 255, 0, 0, 0, 0, 0] + [0] * 759)  # palette order: blue, red, black
     palette.putdata([0, 1, 2, 2])
     palette.save(root / "masks" / "p.png")
-    np.testing.assert_array_equal(sources.read_mask(root / "masks" / "p.png", classes), [[2, 1, 0, 0]])
+    np.testing.assert_array_equal(readers.read_mask(root / "masks" / "p.png", classes), [[2, 1, 0, 0]])
 
 
 def test_grey_with_alpha_masks_use_the_grey_channel(tmp_path):
-    classes = sources.ClassInfo(["background", "a", "b"], None)
+    classes = readers.ClassInfo(["background", "a", "b"], None)
     Image.fromarray(np.stack([np.array([[0, 1], [2, 1]], np.uint8), np.full((2, 2), 255, np.uint8)], -1), "LA").save(tmp_path / "m.png")
-    np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[0, 1], [2, 1]])
+    np.testing.assert_array_equal(readers.read_mask(tmp_path / "m.png", classes), [[0, 1], [2, 1]])
 
 
 def test_exif_rotation_is_applied_to_images(tmp_path):
@@ -137,7 +138,7 @@ def test_exif_rotation_is_applied_to_images(tmp_path):
     exif = image.getexif()
     exif[0x0112] = 6  # "rotate 90": stored landscape, shown portrait
     image.save(tmp_path / "phone.jpg", exif=exif)
-    assert sources.read_image(tmp_path / "phone.jpg").shape == (30, 10, 3)
+    assert readers.read_image(tmp_path / "phone.jpg").shape == (30, 10, 3)
 
 
 @pytest.mark.parametrize("mask_kind", ["same EXIF tag", "saved upright without a tag"])
@@ -151,19 +152,19 @@ def test_exif_rotation_keeps_masks_aligned_with_their_images(tmp_path, mask_kind
         Image.fromarray(labels).save(tmp_path / "mask.png", exif=exif)
     else:
         Image.fromarray(np.rot90(labels, 2)).save(tmp_path / "mask.png")
-    image, mask = sources.read_pair(tmp_path / "photo.png", tmp_path / "mask.png",
-                                    sources.ClassInfo(["background", "bright"], None))
+    image, mask = readers.read_pair(tmp_path / "photo.png", tmp_path / "mask.png",
+                                    readers.ClassInfo(["background", "bright"], None))
     np.testing.assert_array_equal(image, np.rot90(stored, 2))
     np.testing.assert_array_equal(mask, (image[..., 0] > 127).astype(np.uint8))
 
 
 def test_ignore_index_in_index_masks_reads_as_255(tmp_path):
-    classes = sources.ClassInfo(["background", "a", "b"], None, ignore_index=100)
+    classes = readers.ClassInfo(["background", "a", "b"], None, ignore_index=100)
     Image.fromarray(np.array([[0, 1, 100], [2, 100, 0]], np.uint8)).save(tmp_path / "m.png")
-    np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[0, 1, 255], [2, 255, 0]])
+    np.testing.assert_array_equal(readers.read_mask(tmp_path / "m.png", classes), [[0, 1, 255], [2, 255, 0]])
     Image.fromarray(np.array([[0, 7, 100]], np.uint8)).save(tmp_path / "bad.png")
     with pytest.raises(DataError, match=r"bad.png: mask value 7 is at or above the class count 3 and is not the ignore_index 100"):
-        sources.read_mask(tmp_path / "bad.png", classes)
+        readers.read_mask(tmp_path / "bad.png", classes)
 
 
 def test_voc_style_palette_masks_with_255_borders(tmp_path):
@@ -171,18 +172,18 @@ def test_voc_style_palette_masks_with_255_borders(tmp_path):
     palette = Image.open(root / "masks" / "img0.png").convert("P")
     palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 756 + [224, 224, 192])  # VOC: 255 is cream
     palette.save(root / "masks" / "img0.png")
-    classes = sources.read_classes(root / "classes.json")
+    classes = readers.read_classes(root / "classes.json")
     assert classes.ignore_index == 255 and classes.ignore_color is None
-    mask = sources.read_mask(root / "masks" / "img0.png", classes)
-    assert (mask[:, 24] == sources.IGNORE).all() and set(np.unique(mask)) == {0, 1, 2, 255}
+    mask = readers.read_mask(root / "masks" / "img0.png", classes)
+    assert (mask[:, 24] == readers.IGNORE).all() and set(np.unique(mask)) == {0, 1, 2, 255}
 
 
 def test_ignore_color_in_rgb_masks_reads_as_255(tmp_path):
     root = write_folder_dataset(tmp_path / "d", n=1, rgb_masks=True, ignore=[255, 255, 255])
-    classes = sources.read_classes(root / "classes.json")
+    classes = readers.read_classes(root / "classes.json")
     assert classes.ignore_color == [255, 255, 255] and classes.ignore_index is None
-    mask = sources.read_mask(root / "masks" / "img0.png", classes)
-    assert (mask[:, 24] == sources.IGNORE).all() and set(np.unique(mask)) == {0, 1, 2, 255}
+    mask = readers.read_mask(root / "masks" / "img0.png", classes)
+    assert (mask[:, 24] == readers.IGNORE).all() and set(np.unique(mask)) == {0, 1, 2, 255}
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -197,7 +198,7 @@ def test_ignore_color_in_rgb_masks_reads_as_255(tmp_path):
 def test_classes_json_ignore_settings_are_checked(tmp_path, spec, message):
     (tmp_path / "classes.json").write_text(json.dumps(spec))
     with pytest.raises(DataError, match="classes.json: " + message.replace("[", r"\[")):
-        sources.read_classes(tmp_path / "classes.json")
+        readers.read_classes(tmp_path / "classes.json")
 
 
 def test_palette_masks_mapped_by_colour_still_honour_ignore_index(tmp_path):
@@ -207,8 +208,8 @@ def test_palette_masks_mapped_by_colour_still_honour_ignore_index(tmp_path):
     palette.putpalette([64, 0, 0, 0, 0, 0] + [0] * 759 + [224, 224, 192])  # VOC's border colour at index 255
     palette.putdata([0, 1, 255])
     palette.save(tmp_path / "m.png")
-    classes = sources.read_classes(tmp_path / "classes.json")
-    np.testing.assert_array_equal(sources.read_mask(tmp_path / "m.png", classes), [[1, 0, 255]])
+    classes = readers.read_classes(tmp_path / "classes.json")
+    np.testing.assert_array_equal(readers.read_mask(tmp_path / "m.png", classes), [[1, 0, 255]])
 
 
 def test_each_format_is_read_channels_last_at_its_own_depth(tmp_path):
@@ -225,28 +226,28 @@ def test_each_format_is_read_channels_last_at_its_own_depth(tmp_path):
     expected = {"samples.tif": bands, "planar.tif": bands, "pages.tif": bands, "float.npy": (bands[..., :2] / 7).astype(np.float32),
                 "grey.npy": bands[..., :1], "grey16.png": bands[..., :1], "rgb.png": bands[..., :3].astype(np.uint8)}
     for name, want in expected.items():
-        image = sources.read_image(tmp_path / name)
+        image = readers.read_image(tmp_path / name)
         assert image.dtype == want.dtype and image.shape == want.shape, name
         np.testing.assert_array_equal(image, want)
-        assert sources.image_format(tmp_path / name) == (want.shape[2], want.dtype), name
+        assert readers.image_format(tmp_path / name) == (want.shape[2], want.dtype), name
 
 
 def test_channels_setting_repeats_grey_drops_extra_bands_and_refuses_the_rest(tmp_path):
     bands = np.random.default_rng(0).integers(0, 4096, (10, 12, 4)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "four.tif", bands, photometric="minisblack", planarconfig="contig")
     np.save(tmp_path / "grey.npy", bands[..., 0])
-    np.testing.assert_array_equal(sources.read_image(tmp_path / "four.tif", channels=3), bands[..., :3])
-    np.testing.assert_array_equal(sources.read_image(tmp_path / "grey.npy", channels=3), np.repeat(bands[..., :1], 3, 2))
+    np.testing.assert_array_equal(readers.read_image(tmp_path / "four.tif", channels=3), bands[..., :3])
+    np.testing.assert_array_equal(readers.read_image(tmp_path / "grey.npy", channels=3), np.repeat(bands[..., :1], 3, 2))
     np.save(tmp_path / "two.npy", bands[..., :2])
     with pytest.raises(DataError, match="two.npy: 2 channels, but data.channels is 3"):
-        sources.read_image(tmp_path / "two.npy", channels=3)
+        readers.read_image(tmp_path / "two.npy", channels=3)
 
 
 def test_per_image_stretch_maps_each_channel_by_its_own_percentiles(tmp_path):
     rng = np.random.default_rng(1)
     bands = (rng.normal(1000, 50, (40, 40, 3)) * [1, 4, 20]).astype(np.float32)
     np.save(tmp_path / "b.npy", bands)
-    stretched = sources.read_image(tmp_path / "b.npy", intensity="per_image")
+    stretched = readers.read_image(tmp_path / "b.npy", intensity="per_image")
     assert stretched.dtype == np.uint8
     for c in range(3):
         low, high = np.percentile(bands[..., c], (0.5, 99.5))
@@ -254,4 +255,4 @@ def test_per_image_stretch_maps_each_channel_by_its_own_percentiles(tmp_path):
         np.testing.assert_array_equal(stretched[..., c], want)
     rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    np.testing.assert_array_equal(sources.read_image(tmp_path / "rgb.png", intensity="per_image"), rgb)  # 8-bit as is
+    np.testing.assert_array_equal(readers.read_image(tmp_path / "rgb.png", intensity="per_image"), rgb)  # 8-bit as is

@@ -1,4 +1,4 @@
-"""Where images and masks come from: the user's folder, or a public dataset turned into one.
+"""Reading the user's files: images, masks, ``classes.json``, ``splits.json``, and the folder layout.
 
 Every source ends as the folder layout ``ROOT/images/*``, ``ROOT/masks/*`` (matched by file
 stem) and ``ROOT/classes.json``, so one reader and one set of checks serve them all.
@@ -11,15 +11,7 @@ are read as :data:`IGNORE` and left out of pixel counts.
 """
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
-import shutil
-import socket
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,13 +19,11 @@ from typing import Optional
 import numpy as np
 import tifffile
 from PIL import Image, ImageOps
-from tqdm import tqdm
-
-from seglab.artifacts import atomic_dir, atomic_file
 
 IGNORE = 255  # ignored pixels in every class-index mask this package writes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
 Image.MAX_IMAGE_PIXELS = 2**31  # aerial scenes and slides are large; Pillow's default stops at 179 MP
 
 
@@ -53,14 +43,18 @@ def _is_rgb(value) -> bool:
     return isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
 
 
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
 def read_classes(path: str | Path) -> ClassInfo:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; it must list the classes, e.g. {{\"classes\": [\"background\", \"object\"]}}")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    spec = _json(path)
     names = spec.get("classes") if isinstance(spec, dict) else None
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         raise DataError(f"{path}: 'classes' must be a list of at least two class names")
@@ -86,6 +80,33 @@ def read_classes(path: str | Path) -> ClassInfo:
         if ignore_color in colors:
             raise DataError(f"{path}: 'ignore_color' is also the colour of class '{names[colors.index(ignore_color)]}'")
     return ClassInfo(names, colors, ignore_index, ignore_color)
+
+
+def read_split_file(path: Path, stems: list[str]) -> dict[str, str]:
+    """A split fixed by the user (nnU-Net's ``splits_final.json`` idea): ``{"train": [stems], "val": [...], "test": [...]}``.
+
+    Every image must be in exactly one split, and every stem must name an image.
+    """
+    spec = _json(path)
+    if not isinstance(spec, dict) or set(spec) != set(SPLITS) or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in spec.values()):
+        raise DataError(f"{path}: must map each of train, val and test to a non-empty list of image names")
+    split_of = {}
+    for split in SPLITS:
+        for stem in spec[split]:
+            if stem in split_of:
+                raise DataError(f"{path}: '{stem}' is in both {split_of[stem]} and {split}")
+            split_of[stem] = split
+    unknown = sorted(set(split_of) - set(stems))
+    if unknown:
+        raise DataError(f"{path}: '{unknown[0]}' names no image in {path.parent / 'images'} ({len(unknown)} such name(s))")
+    missing = sorted(set(stems) - set(split_of))
+    if missing:
+        raise DataError(f"{path}: the image '{missing[0]}' is in no split ({len(missing)} such image(s))")
+    return split_of
+
+
+# --- images ---------------------------------------------------------------------------
 
 
 def _open(path: Path) -> Image.Image:
@@ -198,6 +219,42 @@ def read_image(path: str | Path, channels: int | None = None, intensity: str = "
     return np.ascontiguousarray(array)
 
 
+# --- masks ----------------------------------------------------------------------------
+
+
+def _color_codes(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+
+
+def _map_colors(path: Path, rgb: np.ndarray, classes: ClassInfo, ignored: np.ndarray | None) -> np.ndarray:
+    """Class indices of an RGB colour mask, by ``classes.json``'s colours; an unknown colour is named."""
+    codes = _color_codes(rgb)
+    palette = {int(code): i for i, code in enumerate(_color_codes(np.array(classes.colors)))}
+    if classes.ignore_color is not None:
+        palette[int(_color_codes(np.array(classes.ignore_color)))] = IGNORE
+    if ignored is not None:
+        codes[ignored] = -1  # no colour has this code
+        palette[-1] = IGNORE
+    unknown = [c for c in np.unique(codes) if c not in palette]
+    if unknown:
+        c = int(unknown[0])
+        raise DataError(f"{path}: colour {[c >> 16, (c >> 8) & 255, c & 255]} is not in classes.json 'colors' "
+                        f"({len(unknown)} unknown colour(s))")
+    keys = np.array(sorted(palette))
+    return np.array([palette[k] for k in keys], np.uint8)[np.searchsorted(keys, codes)]
+
+
+def _check_indices(path: Path, values: np.ndarray, classes: ClassInfo) -> np.ndarray:
+    n = len(classes.names)
+    ignored = values == classes.ignore_index if classes.ignore_index is not None else np.zeros(values.shape, bool)
+    bad = ((values < 0) | (values >= n)) & ~ignored
+    if bad.any():
+        also = f" and is not the ignore_index {classes.ignore_index}" if classes.ignore_index is not None else ""
+        raise DataError(f"{path}: mask value {int(values[bad].max())} is at or above the class count {n}{also}")
+    values[ignored] = IGNORE
+    return values.astype(np.uint8)
+
+
 def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
     """Class indices (uint8, :data:`IGNORE` for ignored pixels) from an index mask (grey or palette
     PNG) or an RGB colour mask.
@@ -207,7 +264,6 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
     """
     path = Path(path)
     image = ImageOps.exif_transpose(_open(path))
-    n = len(classes.names)
     if image.mode == "LA":
         image = image.getchannel("L")
     ignored_by_index = None
@@ -215,40 +271,45 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
         if classes.ignore_index is not None:  # Pascal VOC: index 255 is the border, whatever its colour
             ignored_by_index = np.asarray(image.getchannel("P")) == classes.ignore_index
         image = image.convert("RGB")  # the palette's order need not be the class order: map by colour
-    if image.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(image.convert("RGB"))
-        if classes.colors is None:
-            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                raise DataError(f"{path}: an RGB colour mask, but classes.json has no 'colors' to map it")
-            values = rgb[..., 0].astype(np.int64)
-        else:
-            codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-            palette = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(classes.colors)}
-            if classes.ignore_color is not None:
-                r, g, b = classes.ignore_color
-                palette[(r << 16) | (g << 8) | b] = IGNORE
-            if ignored_by_index is not None:
-                codes[ignored_by_index] = -1  # no colour has this code
-                palette[-1] = IGNORE
-            found = np.unique(codes)
-            unknown = [c for c in found if c not in palette]
-            if unknown:
-                c = int(unknown[0])
-                raise DataError(
-                    f"{path}: colour {[c >> 16, (c >> 8) & 255, c & 255]} is not in classes.json 'colors' "
-                    f"({len(unknown)} unknown colour(s))"
-                )
-            lut_keys = np.array(sorted(palette))
-            return np.array([palette[k] for k in lut_keys], np.uint8)[np.searchsorted(lut_keys, codes)]
-    else:
-        values = np.asarray(image).astype(np.int64)
-    ignored = values == classes.ignore_index if classes.ignore_index is not None else np.zeros(values.shape, bool)
-    bad = ((values < 0) | (values >= n)) & ~ignored
-    if bad.any():
-        also = f" and is not the ignore_index {classes.ignore_index}" if classes.ignore_index is not None else ""
-        raise DataError(f"{path}: mask value {int(values[bad].max())} is at or above the class count {n}{also}")
-    values[ignored] = IGNORE
-    return values.astype(np.uint8)
+    if image.mode not in ("RGB", "RGBA"):
+        return _check_indices(path, np.asarray(image).astype(np.int64), classes)
+    rgb = np.asarray(image.convert("RGB"))
+    if classes.colors is not None:
+        return _map_colors(path, rgb, classes, ignored_by_index)
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise DataError(f"{path}: an RGB colour mask, but classes.json has no 'colors' to map it")
+    return _check_indices(path, rgb[..., 0].astype(np.int64), classes)
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """A class-index PNG this package wrote (a prediction, a kept true mask), as uint8."""
+    return np.asarray(_open(Path(path)), np.uint8)
+
+
+def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo, channels: int | None = None,
+              intensity: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
+    image, mask = read_image(image_path, channels, intensity), read_mask(mask_path, classes)
+    if image.shape[:2] != mask.shape:
+        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{image.shape[1]}x{image.shape[0]}")
+    return image, mask
+
+
+# --- the folder layout ----------------------------------------------------------------
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    """Image files in ``folder`` by stem; two files with one stem would be ambiguous."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
+            continue
+        if f.stem in files:
+            raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
+        files[f.stem] = f
+    if not files:
+        raise DataError(f"{folder}: no images (png, jpg, tif, bmp or npy) in it")
+    return files
 
 
 def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
@@ -268,123 +329,3 @@ def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     if no_image:
         raise DataError(f"{masks[no_image[0]]}: no image with the same name in {root / 'images'} ({len(no_image)} such mask(s))")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
-
-
-def image_files(folder: Path) -> dict[str, Path]:
-    """Image files in ``folder`` by stem; two files with one stem would be ambiguous."""
-    files = {}
-    for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
-            continue
-        if f.stem in files:
-            raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
-        files[f.stem] = f
-    if not files:
-        raise DataError(f"{folder}: no images (png, jpg, tif, bmp or npy) in it")
-    return files
-
-
-def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo, channels: int | None = None,
-              intensity: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
-    image, mask = read_image(image_path, channels, intensity), read_mask(mask_path, classes)
-    if image.shape[:2] != mask.shape:
-        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
-    return image, mask
-
-
-# --- public datasets -------------------------------------------------------------------
-
-OXFORD_PETS = {
-    "url": "https://www.robots.ox.ac.uk/~vgg/data/pets/data/",
-    "files": {"images.tar.gz": "5c4f3ee8e5d25df40f4fd59a7f44e54c", "annotations.tar.gz": "95a8c909bbe2e81eed6a22bccdf3f68f"},
-    "classes": ["background", "pet", "border"],
-    "colors": [[0, 0, 0], [255, 140, 0], [255, 255, 255]],
-}
-_TRIMAP_TO_CLASS = np.array([0, 1, 0, 2], np.uint8)  # trimap 1 = pet, 2 = background, 3 = border
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download counts as failed
-
-
-def download(url: str, dest: Path, md5: str) -> Path:
-    """Fetch ``url`` to ``dest`` unless a file with the right checksum is already there.
-
-    The file appears at ``dest`` only once it is complete and verified, so a later run never
-    trusts half a download. A failure names the address, the cause and the two ways out.
-    """
-    found = md5sum(dest) if dest.exists() else None
-    if found == md5:
-        return dest
-
-    def failed(cause: str) -> DataError:
-        instead = f" instead of the file there now (md5 {found})" if found else ""
-        return DataError(f"could not download {url}: {cause}; place the file by hand at {dest} (md5 {md5}){instead}, "
-                         f"or set data.base_url to a mirror that serves {dest.name}")
-
-    def fetch(tmp: Path) -> None:
-        received = 0
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0)
-                with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        out.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
-            raise failed(_network_cause(error)) from None
-        if received < total:  # http.client ends a short body quietly
-            raise failed(f"the connection closed after {received} of {total} bytes")
-        got = md5sum(tmp)
-        if got != md5:
-            raise failed(f"checksum mismatch (got md5 {got}), so the download is corrupt or the file has changed")
-
-    return atomic_file(dest, fetch)
-
-
-def _network_cause(error: Exception) -> str:
-    """Why a download failed, in words: the HTTP status, or what the network said."""
-    if isinstance(error, urllib.error.HTTPError):
-        return f"the server answered HTTP {error.code} {error.reason}"
-    reason = error.reason if isinstance(error, urllib.error.URLError) else error
-    if isinstance(reason, socket.gaierror):
-        return f"name resolution failed, so there is no network or the host is wrong ({reason.strerror})"
-    if isinstance(reason, ConnectionRefusedError):
-        return "the connection was refused (nothing listens at that address)"
-    if isinstance(reason, TimeoutError):
-        return f"no answer within {DOWNLOAD_TIMEOUT} s"
-    return f"network error ({reason})"
-
-
-def prepare_oxford_pets(download_dir: str | Path, base_url: Optional[str] = None) -> Path:
-    """Download (once) and convert the Oxford-IIIT Pet trimaps to the folder layout."""
-    download_dir = Path(download_dir)
-    root = download_dir / "oxford_pets"
-    if (root / "classes.json").exists():
-        return root
-    base = (base_url or OXFORD_PETS["url"]).rstrip("/") + "/"
-    archives = {name: download(base + name, download_dir / name, md5) for name, md5 in OXFORD_PETS["files"].items()}
-    with tempfile.TemporaryDirectory(dir=download_dir) as extracted, atomic_dir(root) as out:
-        for archive in archives.values():
-            with tarfile.open(archive) as tar:
-                tar.extractall(extracted, filter="data")
-        (out / "images").mkdir()
-        (out / "masks").mkdir()
-        images = {p.stem: p for p in Path(extracted, "images").glob("*.jpg")}
-        for trimap in sorted(Path(extracted, "annotations", "trimaps").glob("*.png")):
-            if trimap.name.startswith(".") or trimap.stem not in images:
-                continue
-            values = np.asarray(Image.open(trimap))
-            Image.fromarray(_TRIMAP_TO_CLASS[np.clip(values, 0, 3)]).save(out / "masks" / f"{trimap.stem}.png")
-            shutil.move(images[trimap.stem], out / "images" / images[trimap.stem].name)
-        classes = {"classes": OXFORD_PETS["classes"], "colors": OXFORD_PETS["colors"]}
-        (out / "classes.json").write_text(json.dumps(classes))
-    return root

@@ -1,0 +1,134 @@
+"""The networks: one builder for every architecture, the float32 copy that is saved, and the loader.
+
+U-Net, FPN, PSPNet and LinkNet are segmentation_models' own (``sm.Unet`` and so on), UNet++
+and DeepLabV3+ come from :mod:`seglab.architectures` on the same encoders. Every model ends
+in a separate float32 softmax layer, so that under mixed precision the probabilities (and
+the loss) stay in float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from seglab import architectures
+from seglab.atomic import atomic_file
+from seglab.backend import keras, sm
+from seglab.config import check_input_size
+from seglab.records import ModelCard, ModelInput
+
+SM_MODELS = {"unet": sm.Unet, "fpn": sm.FPN, "pspnet": sm.PSPNet, "linknet": sm.Linknet}
+MODEL_SUFFIX = ".keras"
+
+
+@dataclass
+class ModelSpec:
+    """Everything a network is built from."""
+    arch: str
+    backbone: str
+    classes: int
+    input_size: int
+    channels: int = 3
+    encoder_weights: str | None = None  # "imagenet" downloads the encoder's pretrained weights
+    pspnet_downsample_factor: int = 8
+    batchnorm_momentum: float = 0.9
+    adapter: bool | None = None  # a learned 1x1 convolution to 3 channels; None: when pretrained weights need it
+
+    @classmethod
+    def of(cls, arch: str, cfg, dataset) -> "ModelSpec":
+        """The spec of ``arch`` under ``cfg`` for the dataset record ``dataset``."""
+        return cls(arch, cfg.model.backbone, len(dataset.classes), dataset.image_size, dataset.images.channels,
+                   cfg.model.encoder_weights, cfg.model.pspnet_downsample_factor, cfg.model.batchnorm_momentum)
+
+
+def needs_adapter(channels: int, encoder_weights) -> bool:
+    """Pretrained encoder weights expect 3 channels: other counts are mapped to 3 by a learned 1x1 convolution."""
+    return bool(encoder_weights) and channels != 3
+
+
+def _download_failed(error: Exception) -> bool:
+    """No network, an HTTP error, or a file that failed its checksum (a proxy's error page)."""
+    return isinstance(error, OSError) or any(s in str(error).lower() for s in ("fetch failure", "corrupted file"))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+
+
+def _base(spec: ModelSpec, shape: tuple, weights):
+    """The network without its softmax: logits at the input's size."""
+    if spec.arch in architectures.BUILDERS:
+        return architectures.BUILDERS[spec.arch](spec.backbone, shape, spec.classes, weights)
+    extra = {"downsample_factor": spec.pspnet_downsample_factor} if spec.arch == "pspnet" else {}
+    return SM_MODELS[spec.arch](spec.backbone, input_shape=shape, classes=spec.classes, activation=None,
+                                encoder_weights=weights, **extra)
+
+
+def build_model(spec: ModelSpec, log=print):
+    """Any architecture of ``config.ARCHITECTURES`` on any backbone, ending in a float32 softmax.
+
+    If the ImageNet encoder weights cannot be downloaded, one line says so and the model starts
+    from random initialisation. Channels other than 3 go through ``channel_adapter`` when
+    ``spec.adapter`` (default: :func:`needs_adapter`); the structure follows the spec, not the
+    download, so a model trained offline has the layers of one trained on Colab.
+
+    Batch normalisation's moving statistics, which predictions use, follow the batches with
+    ``batchnorm_momentum``: Keras' 0.99 leaves them far from the batches' for the first few
+    hundred steps, so a model that trains well predicts one class on validation; 0.9 is
+    PyTorch's default (its ``momentum=0.1``), which segmentation_models.pytorch trains with.
+    """
+    check_input_size(spec.arch, spec.input_size, spec.pspnet_downsample_factor)
+    adapter = needs_adapter(spec.channels, spec.encoder_weights) if spec.adapter is None else spec.adapter
+    shape = (spec.input_size, spec.input_size, 3 if adapter else spec.channels)
+    try:
+        base = _base(spec, shape, spec.encoder_weights)
+    except Exception as error:  # keras' get_file raises plain Exceptions
+        if not (spec.encoder_weights and _download_failed(error)):
+            raise
+        log(f"{spec.encoder_weights} weights for {spec.backbone} could not be downloaded ({_first_line(error)}); "
+            f"training {spec.arch} from random initialisation.")
+        base = _base(spec, shape, None)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = spec.batchnorm_momentum
+    inputs, outputs = base.input, base.output
+    if adapter:
+        inputs = keras.Input((spec.input_size, spec.input_size, spec.channels), name="images")
+        outputs = base(keras.layers.Conv2D(3, 1, name="channel_adapter")(inputs))
+    probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(outputs)
+    return keras.Model(inputs, probabilities, name=f"{spec.arch}_{spec.backbone}")
+
+
+def float32_copy(model, spec: ModelSpec):
+    """The trained weights in a float32 model without optimizer state, whatever policy trained them.
+
+    A model trained under ``mixed_float16`` would otherwise be saved with float16 layers and
+    predict slowly in float16 on a laptop CPU.
+    """
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        adapter = any(layer.name == "channel_adapter" for layer in model.layers)
+        copy = build_model(replace(spec, encoder_weights=None, adapter=adapter))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def load_model(path: str | Path):
+    """A model notebook 03 saved (``models/ARCH.keras``), ready to predict (``compile=False``: sm's losses need
+    not be found)."""
+    return keras.models.load_model(str(path), compile=False)
+
+
+def card_for(spec: ModelSpec, dataset, norm) -> ModelCard:
+    """What prediction needs to know about a model of ``spec`` trained on the dataset record ``dataset``."""
+    images = dataset.images
+    return ModelCard(architecture=spec.arch, backbone=spec.backbone, classes=dataset.classes, colors=dataset.colors,
+                     normalization=norm, input_size=spec.input_size, pixel_scale=dataset.pixel_scale,
+                     input=ModelInput(images.channels, images.dtype, images.intensity))
+
+
+def save_model(model, path: Path) -> Path:
+    """``model`` as ``path`` (``.keras``), atomically."""
+    return atomic_file(path, lambda tmp: model.save(str(tmp)))  # tmp ends in .keras, as Keras requires

@@ -1,0 +1,104 @@
+"""Per-pixel class probabilities for an image of any size, the one code path of notebooks 04 and 06 and ``seglab predict``.
+
+Images larger than the model input are predicted in overlapping windows whose softmax
+outputs are blended with a Gaussian weight (highest at a window's centre, where the
+network sees the most context), as nnU-Net does, so no seams show at window borders.
+Windows go through the model in batches. Images smaller than a window are padded
+(``geometry.pad_to``, as in training) and cropped back. A model trained on resized images
+sees new images resized by the same factor first (``pixel_scale``), so objects have the
+size it learned them at.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seglab import geometry, readers
+from seglab.models import MODEL_SUFFIX, load_model
+from seglab.normalization import normalize
+from seglab.records import ModelCard
+
+
+@dataclass
+class Predictor:
+    """A trained model and its card: what it reads, how it normalises, which classes it knows."""
+    model: object
+    card: ModelCard
+
+    @classmethod
+    def load(cls, model_path: str | Path, tile: int | None = None) -> "Predictor":
+        """``RUN/models/ARCH.keras`` and, from the card written beside it in training, its classes and normalisation."""
+        model_path = Path(model_path)
+        if model_path.suffix != MODEL_SUFFIX or not model_path.is_file():
+            raise FileNotFoundError(f"{model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
+        card = ModelCard.beside(model_path)
+        if tile and tile != card.input_size:
+            raise ValueError(f"{model_path.name} takes {card.input_size} px windows; --tile {tile} does not fit it")
+        return cls(load_model(model_path), card)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card.classes
+
+    @property
+    def colors(self) -> list:
+        return self.card.colors
+
+    @property
+    def tile(self) -> int:
+        return self.card.input_size
+
+    def read_image(self, path: str | Path) -> np.ndarray:
+        """An image read as the model's training images were: its channels, and its intensities if stretched."""
+        return readers.read_image(path, self.card.input.channels, self.card.input.intensity)
+
+
+def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """A 2-D Gaussian over the window, never zero, so every pixel has some weight."""
+    axis = np.arange(tile) - (tile - 1) / 2
+    g = np.exp(-(axis ** 2) / (2 * (tile * sigma_scale) ** 2))
+    weight = np.outer(g, g)
+    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+
+
+def predict_batch(model, batch, tta: bool = False) -> np.ndarray:
+    """Softmax for a batch; with ``tta`` the mean over the four flips, each flipped back."""
+    flips = [(), (2,), (1,), (1, 2)] if tta else [()]
+    total = 0
+    for axes in flips:
+        p = np.asarray(model.predict_on_batch(np.flip(batch, axes) if axes else batch))
+        total = total + (np.flip(p, axes) if axes else p)
+    return total / len(flips)
+
+
+def sliding_windows(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
+                    tta: bool = False, blend: bool = True) -> np.ndarray:
+    """Window predictions at the image's own scale, blended by :func:`gaussian_weight` (evenly when not ``blend``)."""
+    tile, height, width = predictor.tile, *image.shape[:2]
+    x = normalize(geometry.pad_to(image, tile, tile), predictor.card.normalization).numpy()
+    weight = (gaussian_weight(tile) if blend else np.ones((tile, tile), np.float32))[..., None]
+    total = np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32)
+    weights = np.zeros(x.shape[:2] + (1,), np.float32)
+    corners = geometry.window_corners(*x.shape[:2], tile, overlap)
+    for start in range(0, len(corners), batch_size):
+        chunk = corners[start:start + batch_size]
+        windows = np.stack([x[y:y + tile, x0:x0 + tile] for y, x0 in chunk])
+        for (y, x0), p in zip(chunk, predict_batch(predictor.model, windows, tta)):
+            total[y:y + tile, x0:x0 + tile] += p * weight
+            weights[y:y + tile, x0:x0 + tile] += weight
+    return (total / weights)[:height, :width]
+
+
+def predict_image(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
+                  tta: bool = False) -> np.ndarray:
+    """Per-pixel class probabilities (H, W, classes) for an image (H, W, channels) of any size, as read by the predictor."""
+    height, width = image.shape[:2]
+    sy, sx = predictor.card.pixel_scale
+    if (sy, sx) == (1.0, 1.0):
+        return sliding_windows(predictor, image, overlap, batch_size, tta)
+    scaled = geometry.resize_image(image, max(1, round(width * sx)), max(1, round(height * sy)))
+    probabilities = sliding_windows(predictor, scaled, overlap, batch_size, tta)
+    return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
