@@ -97,7 +97,7 @@ def score(run: RunDir, dataset: DatasetRecord, model_path: Path) -> dict:
     """Notebook 04's plain score: every test image at its original size, one confusion matrix."""
     predictor = Predictor.load(model_path)
     label_maps = lambda image: {"plain": np.argmax(predict_image(predictor, image), -1)}
-    scores, _ = evaluation.score_images(original_pairs(run.root, dataset, "test"), label_maps, dataset.classes,
+    scores, _ = evaluation.score_images(original_pairs(run, dataset, "test"), label_maps, dataset.classes,
                                         desc=model_path.stem)
     return {"mean_iou": scores["plain"]["mean_iou"], "per_class_iou": scores["plain"]["per_class_iou"]}
 

@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--tta", action="store_true", help="average over flips (four times slower)")
     predict.add_argument("--no-overlays", action="store_true")
+    predict.add_argument("--max-megapixels", type=float, default=256.0,
+                         help="refuse an image that decodes to more (from its header, before reading it)")
     export = commands.add_parser("export", help="a trained model as SavedModel, TFLite or ONNX, runnable without seglab")
     export.add_argument("--model", required=True, help="RUN_DIR/models/NAME.keras (its card NAME.json lies beside it)")
     export.add_argument("--format", required=True, help="savedmodel, tflite or onnx")
@@ -61,18 +63,20 @@ def main(argv=None) -> int:
 
 def _predict(args) -> int:
     from seglab import inference
+    from seglab.atomic import NotOurs
+    from seglab.jsonrecord import MissingInput
     from seglab.predictor import Predictor
-    from seglab.records import MissingInput
 
     if not 0 <= args.overlap < 1:
         print(f"error: --overlap {args.overlap} must be in [0, 1)", file=sys.stderr)
         return 1
     try:
         predictor = Predictor.load(args.model, args.tile)
+        predictor.max_pixels = int(args.max_megapixels * 1e6)
         result = inference.predict_folder(predictor, args.input, args.output, args.overlap, args.batch_size,
                                           args.tta, overlays=not args.no_overlays,
                                           log=lambda line: print(line, file=sys.stderr))
-    except (FileNotFoundError, ValueError, MissingInput) as e:  # DataError is a ValueError
+    except (FileNotFoundError, ValueError, MissingInput, NotOurs) as e:  # DataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{len(result['predicted'])} image(s) segmented into {args.output}"
@@ -82,12 +86,13 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     from seglab import export
-    from seglab.records import MissingInput
+    from seglab.atomic import NotOurs
+    from seglab.jsonrecord import MissingInput
 
     try:
         exporter = export.Exporter(args.model)
         path = exporter.write(args.format, args.output, args.quantize)
-    except (FileNotFoundError, ValueError, export.Unavailable, MissingInput) as e:
+    except (FileNotFoundError, ValueError, export.Unavailable, MissingInput, NotOurs) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{path} ({export.size_mb(path):.1f} MB): {exporter.describe_input()} in, float32 probabilities and uint8 "

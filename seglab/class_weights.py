@@ -57,16 +57,16 @@ def compute_weights(counts, scheme: str, max_ratio: float | None = None, present
 
 def write_class_weights(run: RunDir, cfg) -> ClassWeights:
     """Run step 02: weights from the dataset record's training pixel counts; ``class_weights.json``."""
-    step = run.begin("class_weights", cfg)
-    dataset = step.read(DatasetRecord)
-    train = dataset.splits["train"]
-    counts = np.asarray(train.pixels)
-    weights = compute_weights(counts, cfg.class_weights.scheme, cfg.class_weights.max_ratio, train.present_in,
-                              dataset.classes)
-    result = ClassWeights(cfg.class_weights.scheme, cfg.class_weights.max_ratio, dataset.classes, counts.tolist(),
-                          (counts / counts.sum()).tolist(), weights.tolist())
-    step.save(result)
-    step.finish()
+    with run.begin("class_weights", cfg) as step:
+        dataset = step.read(DatasetRecord)
+        train = dataset.splits["train"]
+        counts = np.asarray(train.pixels)
+        weights = compute_weights(counts, cfg.class_weights.scheme, cfg.class_weights.max_ratio, train.present_in,
+                                  dataset.classes)
+        result = ClassWeights(cfg.class_weights.scheme, cfg.class_weights.max_ratio, dataset.classes, counts.tolist(),
+                              (counts / counts.sum()).tolist(), weights.tolist())
+        step.save(result)
+        step.finish()
     return result
 
 

@@ -94,6 +94,9 @@ class DataConfig:
     channels: Optional[int] = setting(None, "channels of the model input; null: the most any image has",
                                       Check(lambda v: v >= 1, "a positive integer, or null for as many as the images "
                                                               "have"), preprocessing=True)
+    max_image_megapixels: float = setting(256.0, "an image whose header says it decodes to more megapixels is "
+                                                 "refused before it is read (a guard for the memory)",
+                                          Check(lambda v: v > 0, "a positive number of megapixels"))
     intensity: str = setting("dataset", "16-bit and float images: normalised by the training split's statistics, or "
                                         "stretched per image to 8 bits", one_of("dataset", "per_image"),
                              preprocessing=True)

@@ -34,8 +34,8 @@ from seglab import demo_data, downloads, geometry, planning, plots, readers, sha
 from seglab.atomic import atomic_dir
 from seglab.config import Config, check_input_size
 from seglab.machine import gpu_memory_gb
-from seglab.records import (DatasetRecord, DemoScene, Fingerprint, ImageSpec, Item, MissingInput, SourceInfo,
-                            SplitInfo)
+from seglab.jsonrecord import MissingInput
+from seglab.records import DatasetRecord, DemoScene, Fingerprint, ImageSpec, Item, SourceInfo, SplitInfo
 from seglab.rundir import RunDir
 from seglab.settings import preprocessing_settings
 
@@ -62,11 +62,15 @@ def resolve_source(cfg: Config) -> Path:
     return Path(data.root)
 
 
+def max_pixels(data) -> int:
+    return int(data.max_image_megapixels * 1e6)
+
+
 def image_spec(paths: list[Path], data) -> ImageSpec:
     """What every image is brought to, from the files' headers: ``data.channels`` or the most any image has
     (grey images among RGB ones are repeated), and the widest depth (8-bit, 16-bit, float), or 8-bit when
     ``data.intensity`` is ``per_image``; and how the shards encode it."""
-    formats = [readers.image_format(path) for path in paths]
+    formats = [readers.image_format(path, max_pixels(data)) for path in paths]
     channels = data.channels or max(c for c, _ in formats)
     dtype = np.dtype(np.uint8) if data.intensity == "per_image" else np.result_type(*(d for _, d in formats))
     return ImageSpec(channels, dtype.name, "png" if shards.png_encodable(dtype, channels) else "tensor",
@@ -93,7 +97,7 @@ def read_source(cfg: Config) -> tuple[Source, Config]:
     pairs = splits.subset_sources(found, cfg.data.max_images, cfg.seed)
     spec = image_spec([image for _, image, _ in pairs], cfg.data)
     sample = splits.subset_sources(pairs, planning.FINGERPRINT_IMAGES, cfg.seed)
-    fingerprint = stats.measure(sample, classes, len(pairs), cfg.seed, spec.channels)
+    fingerprint = stats.measure(sample, classes, len(pairs), cfg.seed, spec.channels, max_pixels(cfg.data))
     decisions = planning.decide(fingerprint, cfg, gpu_memory_gb())
     cfg = planning.resolve(cfg, decisions)
     check_input_size(cfg.model.architectures, cfg.data.image_size, cfg.model.pspnet_downsample_factor)
@@ -146,7 +150,8 @@ class Processed:
 def process_pair(pair, source: Source, data, keep_original: bool) -> Processed:
     stem, image_path, mask_path = pair
     spec = source.images
-    image, mask = readers.read_pair(image_path, mask_path, source.classes, spec.channels, spec.intensity)
+    image, mask = readers.read_pair(image_path, mask_path, source.classes, spec.channels, spec.intensity,
+                                    max_pixels(data))
     image = image.astype(spec.dtype, copy=False)
     n = len(source.classes.names)
     done = Processed(stem, list(mask.shape), [], [], np.zeros(n, np.int64), np.zeros(n, np.int64),
@@ -242,42 +247,55 @@ def _unchanged(run: RunDir, key: str) -> DatasetRecord | None:
     return previous if previous.cache_key == key else None
 
 
+def _dataset_record(source: Source, cfg: Config, key: str, split_by: str, tally: _Tally, shard_files: dict,
+                    scene: DemoScene | None) -> DatasetRecord:
+    n = len(source.classes.names)
+    ignored = source.classes.ignore_index is not None or source.classes.ignore_color is not None
+    return DatasetRecord(
+        classes=source.classes.names,
+        colors=source.classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)],
+        ignore_index=readers.IGNORE if ignored else None, image_size=cfg.data.image_size, mode=cfg.data.mode,
+        pixel_scale=geometry.pixel_scale(list(tally.sizes.values()), cfg.data.image_size, cfg.data.mode),
+        decisions=source.decisions, images=ImageSpec(**{**vars(source.images), **tally.moments.summary()}),
+        source=SourceInfo(cfg.data.source, str(source.root), len(source.pairs), tally.sizes),
+        seed=cfg.seed, split_by=split_by, cache_key=key, shards=shard_files, splits=tally.splits(),
+        items=tally.items, demo_scene=scene)
+
+
+def dataset_files(dataset: DatasetRecord) -> list[str]:
+    """Every file of ``dataset/`` (relative to the run folder), each recorded with its size and checksum."""
+    files = [DatasetRecord.FILE, Fingerprint.FILE]
+    files += [f"dataset/{name}" for names in dataset.shards.values() for name in names]
+    return files + ([dataset.demo_scene.image, dataset.demo_scene.truth] if dataset.demo_scene else [])
+
+
 def prepare_dataset(cfg: Config, run: RunDir, log=print) -> DatasetRecord:
-    """Run step 01 and record it; the previous dataset stays in place unless every input is good.
+    """Run step 01 and record it; the previous dataset and its record stay in place unless every input is good.
 
     The source is measured first (a sample of it) and the settings left as ``auto`` are decided
     from it (:mod:`seglab.planning`); everything below runs with the decided values. When no
     input changed since the recorded run, the dataset is reused as it is.
     """
-    source, cfg = read_source(cfg)
-    key = cache_key(cfg, source)
-    previous = _unchanged(run, key)
-    if previous is not None:
-        log("dataset unchanged since the last run of 01; reusing dataset/")
-        return previous
-    stems = [stem for stem, _, _ in source.pairs]
-    split_of, split_by = splits.choose_split(source.root, [s for s, _, _ in source.found], stems, cfg.data, cfg.seed)
-    n = len(source.classes.names)
-    with atomic_dir(run.path("dataset")) as out:
-        tally, shard_files = _write_shards(out, source, split_of, cfg)
-        dataset = DatasetRecord(
-            classes=source.classes.names,
-            colors=source.classes.colors or [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)],
-            ignore_index=None if source.classes.ignore_index is None and source.classes.ignore_color is None
-            else readers.IGNORE,
-            image_size=cfg.data.image_size, mode=cfg.data.mode,
-            pixel_scale=geometry.pixel_scale(list(tally.sizes.values()), cfg.data.image_size, cfg.data.mode),
-            decisions=source.decisions,
-            images=ImageSpec(**{**vars(source.images), **tally.moments.summary()}),
-            source=SourceInfo(cfg.data.source, str(source.root), len(source.pairs), tally.sizes),
-            seed=cfg.seed, split_by=split_by, cache_key=key, shards=shard_files, splits=tally.splits(),
-            items=tally.items, demo_scene=_demo_scene(source, out))
-        dataset.save(out / "dataset.json")
-        source.fingerprint.save(out / "fingerprint.json")
-        step = run.begin("data", cfg)  # every input was good: the old dataset is replaced next
-    step.wrote(DatasetRecord.FILE)
-    step.wrote(Fingerprint.FILE)
-    step.finish(decisions={key: d.value for key, d in source.decisions.items()})
+    with run.begin("data", cfg, forget=False) as step:
+        source, cfg = read_source(cfg)
+        step.cfg = cfg  # recorded with the settings decided from the data
+        key = cache_key(cfg, source)
+        previous = _unchanged(run, key)
+        if previous is not None:
+            log("dataset unchanged since the last run of 01; reusing dataset/")
+            return previous
+        stems = [stem for stem, _, _ in source.pairs]
+        split_of, split_by = splits.choose_split(source.root, [s for s, _, _ in source.found], stems, cfg.data,
+                                                 cfg.seed)
+        with atomic_dir(run.path("dataset")) as out:
+            tally, shard_files = _write_shards(out, source, split_of, cfg)
+            dataset = _dataset_record(source, cfg, key, split_by, tally, shard_files, _demo_scene(source, out))
+            dataset.save(out / "dataset.json")
+            source.fingerprint.save(out / "fingerprint.json")
+            step.forget()  # every input was good: the old dataset is replaced next
+        for rel in dataset_files(dataset):
+            step.wrote(rel)
+        step.finish(decisions={name: d.value for name, d in source.decisions.items()})
     return dataset
 
 
@@ -295,3 +313,4 @@ def frequency_figure(dataset: DatasetRecord):
     series = {s: [v * 100 for v in shares[s]] for s in SPLITS}
     return plots.grouped_bars(series, dataset.classes, "% of pixels (log scale)", "Pixel share per class and split",
                               log=True)
+

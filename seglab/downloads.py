@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seglab.atomic import atomic_dir, atomic_file
+from seglab.atomic import atomic_dir, atomic_file, check_ours
 from seglab.readers import DataError
 
 OXFORD_PETS = {
@@ -101,6 +101,7 @@ def prepare_oxford_pets(download_dir: str | Path, base_url: Optional[str] = None
     root = download_dir / "oxford_pets"
     if (root / "classes.json").exists():
         return root
+    check_ours(root, "data.download_dir")  # before hundreds of MB are downloaded: a folder of the user's stays
     base = (base_url or OXFORD_PETS["url"]).rstrip("/") + "/"
     archives = {name: download(base + name, download_dir / name, md5) for name, md5 in OXFORD_PETS["files"].items()}
     with tempfile.TemporaryDirectory(dir=download_dir) as extracted, atomic_dir(root) as out:

@@ -133,12 +133,12 @@ def evaluate_model(model: Predictor, cfg, run: RunDir, dataset: DatasetRecord, o
     """Pick the option with the best validation mean IoU; report plain and chosen on test."""
     classes, variants = dataset.classes, _variants(cfg)
     label_maps = lambda image: variant_labels(model, image, variants, cfg)
-    val, _ = score_images(original_pairs(run.root, dataset, "val"), label_maps, classes, desc="validation")
+    val, _ = score_images(original_pairs(run, dataset, "val"), label_maps, classes, desc="validation")
     options = {_name(v): v for v in variants}
     simplest_first = lambda k: (val[k]["mean_iou"], -sum(map(bool, options[k].values())))
     chosen = max(val, key=simplest_first)  # on a tie, the option with fewer parts
     saver = PredictionSaver(out_dir, cfg.evaluation.saved_predictions) if out_dir is not None else None
-    test, per_image = score_images(original_pairs(run.root, dataset, "test"), label_maps, classes,
+    test, per_image = score_images(original_pairs(run, dataset, "test"), label_maps, classes,
                                    keep=chosen, saver=saver, desc="test")
     return ModelScores(
         **test["plain"],
@@ -151,19 +151,19 @@ def evaluate_model(model: Predictor, cfg, run: RunDir, dataset: DatasetRecord, o
 
 def evaluate_all(cfg, run: RunDir, log=print) -> Metrics:
     """Run step 04: score every trained model on the test split; metrics.json, comparison.csv and predictions/."""
-    step = run.begin("evaluation", cfg)
-    dataset, trained = step.read(DatasetRecord), step.read(TrainingRecord)
-    results = {}
-    with atomic_dir(run.path("predictions")) as out:
-        for arch, summary in trained.models.items():
-            log(f"evaluating {arch} ...")
-            (out / arch).mkdir()
-            results[arch] = evaluate_model(Predictor.load(run.path(summary.model)), cfg, run, dataset, out / arch)
-    report = Metrics("test", "original", dataset.classes, results)
-    step.save(report)
-    step.wrote(write_text(run.path("comparison.csv"), comparison_csv(report)))
-    step.wrote("predictions")
-    step.finish()
+    with run.begin("evaluation", cfg) as step:
+        dataset, trained = step.read(DatasetRecord), step.read(TrainingRecord)
+        results = {}
+        with atomic_dir(run.path("predictions")) as out:
+            for arch, summary in trained.models.items():
+                log(f"evaluating {arch} ...")
+                (out / arch).mkdir()
+                results[arch] = evaluate_model(Predictor.load(run.path(summary.model)), cfg, run, dataset, out / arch)
+        report = Metrics("test", "original", dataset.classes, results)
+        step.save(report)
+        step.wrote(write_text(run.path("comparison.csv"), comparison_csv(report)))
+        step.wrote("predictions")
+        step.finish()
     return report
 
 
@@ -220,5 +220,5 @@ def baselines(cfg, run: RunDir, split: str = "val") -> dict:
                                                            cfg.inference.batch_size), -1)
         return maps
 
-    scores, _ = score_images(original_pairs(run.root, dataset, split), label_maps, dataset.classes, desc=split)
+    scores, _ = score_images(original_pairs(run, dataset, split), label_maps, dataset.classes, desc=split)
     return scores

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.atomic import atomic_dir, atomic_file
+from seglab.atomic import NotOurs, atomic_dir, atomic_file
 from seglab.backend import tf
+from seglab.jsonrecord import MissingInput
 from seglab.models import load_model
 from seglab.normalization import normalize
 from seglab.records import ExportCard, ModelCard, TrainingRecord
@@ -65,10 +66,10 @@ class Exporter:
 
     def __init__(self, model_path: str | Path):
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
+        if not self.model_path.exists():
             raise FileNotFoundError(f"{self.model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
+        self.model = load_model(self.model_path)  # only .keras files, which cannot run code when loaded
         self.card = ModelCard.beside(self.model_path)
-        self.model = load_model(self.model_path)
         self.module = serving_module(self.model, self.card.normalization, self.card.input.dtype)
         self.written: list[str] = []  # the files this exporter wrote, which its card lists
 
@@ -80,6 +81,7 @@ class Exporter:
             raise ValueError(f"--quantize {quantize}: only tflite exports are quantized, to {' or '.join(QUANTIZATIONS)}")
         output_dir = Path(output_dir) if output_dir else self.model_path.parent.parent / "export"
         target = output_dir / file_name(self.model_path.stem, fmt, quantize)
+        owned = self.owned(output_dir, target)
         serve = self.module.serve
         with _quiet():
             if fmt == "savedmodel":
@@ -91,9 +93,23 @@ class Exporter:
                 convert = _import_tf2onnx().convert
                 atomic_file(target, lambda tmp: convert.from_function(serve, input_signature=serve.input_signature,
                                                                       opset=ONNX_OPSET, output_path=str(tmp)))
-        self.written = [*dict.fromkeys([*self.written, target.name])]
+        self.written = [*dict.fromkeys([*owned, *self.written, target.name])]
         self.export_card(self.written).save(output_dir / ExportCard.where(self.model_path.stem))
         return target
+
+    def owned(self, output_dir: Path, target: Path) -> list[str]:
+        """The files of ``output_dir`` an earlier export of this model wrote (its card lists them); stops with
+        :class:`NotOurs`, writing nothing, when ``target`` or the card's name is taken by a file of someone else's."""
+        card_path = output_dir / ExportCard.where(self.model_path.stem)
+        try:
+            owned = ExportCard.load(card_path).files if card_path.exists() else []
+        except MissingInput:
+            raise NotOurs(f"{card_path} is not an export card of seglab's, so it is left as it is: move it away, or "
+                          "choose another --output folder.") from None
+        if target.exists() and target.name not in owned + self.written:
+            raise NotOurs(f"{target} already exists and was not written by seglab export, so it is left as it is: "
+                          "move it away, or choose another --output folder.")
+        return owned
 
     def reference(self, images: np.ndarray) -> np.ndarray:
         """The Keras model's probabilities for images as the export takes them, normalised by seglab as in training."""

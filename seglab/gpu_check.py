@@ -33,8 +33,8 @@ def advice(report: Environment) -> str:
 
 def write_report(run: RunDir, cfg) -> Environment:
     """Run step 00: ``env.json``."""
-    step = run.begin("gpu_check", cfg)
-    report = environment_report()
-    step.save(report)
-    step.finish()
+    with run.begin("gpu_check", cfg) as step:
+        report = environment_report()
+        step.save(report)
+        step.finish()
     return report

@@ -16,9 +16,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from seglab import metrics, plots, readers
-from seglab.atomic import atomic_file, write_bytes, write_text
+from seglab.atomic import NotOurs, atomic_file, write_bytes, write_text
 from seglab.predictor import Predictor, predict_image
-from seglab.records import DatasetRecord, TrainingRecord
+from seglab.jsonrecord import MissingInput
+from seglab.records import DatasetRecord, PredictionFiles, TrainingRecord
 from seglab.rundir import RunDir, Step
 from seglab.shards import original_pairs
 
@@ -33,7 +34,9 @@ def begin(run: RunDir, cfg, arch: str | None = None) -> tuple[Step, DatasetRecor
     """Start step 06: the dataset record and the model of ``arch`` (the config's first architecture)."""
     step = run.begin("inference", cfg)
     dataset, trained = step.read(DatasetRecord), step.read(TrainingRecord)
-    return step, dataset, Predictor.load(run.path(trained.models[arch or cfg.model.architectures[0]].model))
+    predictor = Predictor.load(run.path(trained.models[arch or cfg.model.architectures[0]].model))
+    predictor.max_pixels = int(cfg.data.max_image_megapixels * 1e6)
+    return step, dataset, predictor
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:
@@ -75,7 +78,7 @@ def example_inputs(cfg, run: RunDir, dataset: DatasetRecord, count: int = 3) -> 
     largest = sorted(dataset.splits["test"].source_ids, key=lambda stem: -np.prod(sizes[stem]))[:count]
     folder = run.path("inference", "test_images")
     saved = {}
-    for stem, image, mask in original_pairs(run.root, dataset, "test", stems=largest):
+    for stem, image, mask in original_pairs(run, dataset, "test", stems=largest):
         save_png(folder / f"{stem}_truth.png", mask)
         saved[stem] = save_image(folder, stem, image)
     examples = [(saved[stem], folder / f"{stem}_truth.png") for stem in largest]
@@ -84,16 +87,45 @@ def example_inputs(cfg, run: RunDir, dataset: DatasetRecord, count: int = 3) -> 
     return examples
 
 
+OUTPUTS = ("_mask.png", "_color.png", "_overlay.png")  # what predict_folder writes per image, after its stem
+
+
+def _check_output(inputs, files: list[Path], output: Path, previous: list[str], overlays: bool) -> None:
+    """Stop before anything is written when the output folder is, or is inside, the input folder, or is the folder
+    of an input image, or when a file there with one of the names about to be written is not from an earlier run."""
+    out = output.resolve()
+    given = Path(inputs).resolve() if not isinstance(inputs, (list, tuple)) and Path(inputs).is_dir() else None
+    inside = [given] if given is not None and (out == given or given in out.parents) else []
+    for folder in inside + [folder for folder in {path.parent.resolve() for path in files} if folder == out]:
+        raise ValueError(f"--output {output} is inside the input folder {folder}: the masks would be read as "
+                         "images next time, and could replace files of yours; choose a folder outside it")
+    names = [f"{path.stem}{end}" for path in files for end in OUTPUTS[: 3 if overlays else 2]] + ["class_areas.csv"]
+    taken = [name for name in names if (output / name).exists() and name not in previous]
+    if taken:
+        raise NotOurs(f"{output / taken[0]} already exists and was not written by seglab predict, so it is left as "
+                      f"it is ({len(taken)} such file(s)): move it away, or choose another --output folder.")
+
+
+def _previous_outputs(output: Path) -> list[str]:
+    """What an earlier run of ``predict_folder`` wrote in ``output`` (none when its list is absent or unreadable)."""
+    try:
+        return PredictionFiles.load(output / PredictionFiles.FILE).files
+    except MissingInput:
+        return []
+
+
 def predict_folder(predictor: Predictor, inputs: str | Path | list, output: str | Path, overlap: float = 0.5,
                    batch_size: int = 8, tta: bool = False, overlays: bool = True, log=print) -> dict:
     """Write ``NAME_mask.png`` (class indices), ``NAME_color.png``, ``NAME_overlay.png`` and ``class_areas.csv``.
 
-    An unreadable image is reported by name and skipped; the others are still processed.
+    An unreadable image is reported by name and skipped; the others are still processed. Files an
+    earlier run wrote in ``output`` are replaced, or removed when this run does not write them again
+    (no stale mask beside a new table), and one line says so; nothing else there is touched.
     """
-    output = Path(output)
-    files = list_inputs(inputs)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], {}
+    output, files = Path(output), list_inputs(inputs)
+    previous = _previous_outputs(output)
+    _check_output(inputs, files, output, previous, overlays)
+    rows, failed, written = [], {}, []
     for path in tqdm(files, desc="predicting"):
         try:
             image = predictor.read_image(path)
@@ -102,21 +134,37 @@ def predict_folder(predictor: Predictor, inputs: str | Path | list, output: str 
             log(f"skipped {error}")
             continue
         mask = np.argmax(predict_image(predictor, image, overlap, batch_size, tta), -1).astype(np.uint8)
-        save_png(output / f"{path.stem}_mask.png", mask)
-        save_png(output / f"{path.stem}_color.png", plots.colorize(mask, predictor.colors))
-        if overlays:
-            save_png(output / f"{path.stem}_overlay.png", plots.overlay(image, mask, predictor.colors))
+        pictures = [mask, plots.colorize(mask, predictor.colors)]
+        pictures += [plots.overlay(image, mask, predictor.colors)] if overlays else []
+        for end, picture in zip(OUTPUTS, pictures):
+            written.append(save_png(output / f"{path.stem}{end}", picture).name)
         counts = np.bincount(mask.ravel(), minlength=len(predictor.classes))
         rows.append({"image": path.name, "width": image.shape[1], "height": image.shape[0],
                      **{f"pixels_{c}": int(n) for c, n in zip(predictor.classes, counts)},
                      **{f"share_{c}": round(float(n) / mask.size, 6) for c, n in zip(predictor.classes, counts)}})
     if rows:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(output / "class_areas.csv", buffer.getvalue())
+        written.append(write_text(output / "class_areas.csv", _table(rows)).name)
+    _forget_previous(output, previous, written, log)
     return {"predicted": [r["image"] for r in rows], "failed": failed, "areas": rows}
+
+
+def _table(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _forget_previous(output: Path, previous: list[str], written: list[str], log=print) -> None:
+    """Remove what an earlier run wrote and this one did not write again; record what this one wrote."""
+    stale = [name for name in previous if name not in written and (output / name).is_file()]
+    for name in stale:
+        (output / name).unlink()
+    replaced = len(set(previous) & set(written))
+    if replaced or stale:
+        log(f"{output}: {replaced} file(s) of an earlier run replaced, {len(stale)} it wrote for other images removed")
+    PredictionFiles(written).save(output / PredictionFiles.FILE)
 
 
 def _read_examples(predictor: Predictor, examples, output: Path):
@@ -142,3 +190,4 @@ def example_scores(predictor: Predictor, examples, output: str | Path) -> dict:
     n = len(predictor.classes)
     return {stem: metrics.scores(metrics.confusion_matrix(truth, prediction, n), predictor.classes)["mean_iou"]
             for stem, _, truth, prediction in _read_examples(predictor, examples, output) if truth is not None}
+

@@ -117,8 +117,23 @@ def float32_copy(model, spec: ModelSpec):
 
 def load_model(path: str | Path):
     """A model notebook 03 saved (``models/ARCH.keras``), ready to predict (``compile=False``: sm's losses need
-    not be found)."""
-    return keras.models.load_model(str(path), compile=False)
+    not be found).
+
+    Loading a model file can run the code it carries: a legacy ``.h5`` file or a SavedModel folder
+    restores Python functions of ``Lambda`` layers whatever ``safe_mode`` says. So only ``.keras``
+    files are loaded, with ``safe_mode=True``, which refuses such code.
+    """
+    path = Path(path)
+    if path.suffix != MODEL_SUFFIX or not path.is_file():
+        raise ValueError(f"{path}: seglab loads only the .keras model files notebook 03 writes (an .h5 file or a "
+                         "SavedModel folder can run code when it is loaded)")
+    try:
+        return keras.models.load_model(str(path), compile=False, safe_mode=True)
+    except ValueError as error:
+        if "lambda" not in str(error).lower():
+            raise
+        raise ValueError(f"{path}: the model holds Python code (a Lambda layer), which seglab will not run from a "
+                         "file; load it yourself with safe_mode=False only if you trust where it came from") from None
 
 
 def card_for(spec: ModelSpec, dataset, norm) -> ModelCard:

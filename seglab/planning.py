@@ -30,7 +30,8 @@ import numpy as np
 
 from seglab.config import Config
 from seglab.geometry import common_multiple
-from seglab.records import Decision, Fingerprint, MissingInput
+from seglab.jsonrecord import MissingInput
+from seglab.records import Decision, Fingerprint
 from seglab.settings import AUTO
 
 FINGERPRINT_IMAGES = 300  # a seeded sample of this many source images is measured (all of them when fewer)

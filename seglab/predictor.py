@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from seglab import geometry, readers
-from seglab.models import MODEL_SUFFIX, load_model
+from seglab.models import load_model
 from seglab.normalization import normalize
 from seglab.records import ModelCard
 
@@ -27,17 +27,19 @@ class Predictor:
     """A trained model and its card: what it reads, how it normalises, which classes it knows."""
     model: object
     card: ModelCard
+    max_pixels: int = readers.MAX_PIXELS  # an image over this is refused from its header (data.max_image_megapixels)
 
     @classmethod
     def load(cls, model_path: str | Path, tile: int | None = None) -> "Predictor":
         """``RUN/models/ARCH.keras`` and, from the card written beside it in training, its classes and normalisation."""
         model_path = Path(model_path)
-        if model_path.suffix != MODEL_SUFFIX or not model_path.is_file():
+        if not model_path.exists():
             raise FileNotFoundError(f"{model_path}: no such model; notebook 03 writes RUN_DIR/models/ARCH.keras")
+        model = load_model(model_path)  # only .keras files, which cannot run code when loaded
         card = ModelCard.beside(model_path)
         if tile and tile != card.input_size:
             raise ValueError(f"{model_path.name} takes {card.input_size} px windows; --tile {tile} does not fit it")
-        return cls(load_model(model_path), card)
+        return cls(model, card)
 
     @property
     def classes(self) -> list[str]:
@@ -53,7 +55,7 @@ class Predictor:
 
     def read_image(self, path: str | Path) -> np.ndarray:
         """An image read as the model's training images were: its channels, and its intensities if stretched."""
-        return readers.read_image(path, self.card.input.channels, self.card.input.intensity)
+        return readers.read_image(path, self.card.input.channels, self.card.input.intensity, self.max_pixels)
 
 
 def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Reading the user's files: images, masks, ``classes.json``, ``splits.json``, and the folder layout.
+"""Reading the user's files: images, masks, ``classes.json``, and the folder layout.
 
 Every source ends as the folder layout ``ROOT/images/*``, ``ROOT/masks/*`` (matched by file
 stem) and ``ROOT/classes.json``, so one reader and one set of checks serve them all.
@@ -12,6 +12,8 @@ are read as :data:`IGNORE` and left out of pixel counts.
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,7 +26,8 @@ IGNORE = 255  # ignored pixels in every class-index mask this package writes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
-Image.MAX_IMAGE_PIXELS = 2**31  # aerial scenes and slides are large; Pillow's default stops at 179 MP
+MAX_PIXELS = 256 * 10**6  # the default of data.max_image_megapixels: a file that decodes to more is refused
+_PILLOW = threading.Lock()
 
 
 class DataError(ValueError):
@@ -43,7 +46,7 @@ def _is_rgb(value) -> bool:
     return isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
 
 
-def _json(path: Path):
+def read_user_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -54,7 +57,7 @@ def read_classes(path: str | Path) -> ClassInfo:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; it must list the classes, e.g. {{\"classes\": [\"background\", \"object\"]}}")
-    spec = _json(path)
+    spec = read_user_json(path)
     names = spec.get("classes") if isinstance(spec, dict) else None
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         raise DataError(f"{path}: 'classes' must be a list of at least two class names")
@@ -82,39 +85,45 @@ def read_classes(path: str | Path) -> ClassInfo:
     return ClassInfo(names, colors, ignore_index, ignore_color)
 
 
-def read_split_file(path: Path, stems: list[str]) -> dict[str, str]:
-    """A split fixed by the user (nnU-Net's ``splits_final.json`` idea): ``{"train": [stems], "val": [...], "test": [...]}``.
-
-    Every image must be in exactly one split, and every stem must name an image.
-    """
-    spec = _json(path)
-    if not isinstance(spec, dict) or set(spec) != set(SPLITS) or not all(
-            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in spec.values()):
-        raise DataError(f"{path}: must map each of train, val and test to a non-empty list of image names")
-    split_of = {}
-    for split in SPLITS:
-        for stem in spec[split]:
-            if stem in split_of:
-                raise DataError(f"{path}: '{stem}' is in both {split_of[stem]} and {split}")
-            split_of[stem] = split
-    unknown = sorted(set(split_of) - set(stems))
-    if unknown:
-        raise DataError(f"{path}: '{unknown[0]}' names no image in {path.parent / 'images'} ({len(unknown)} such name(s))")
-    missing = sorted(set(stems) - set(split_of))
-    if missing:
-        raise DataError(f"{path}: the image '{missing[0]}' is in no split ({len(missing)} such image(s))")
-    return split_of
-
-
 # --- images ---------------------------------------------------------------------------
 
 
-def _open(path: Path) -> Image.Image:
+def _shown(path: Path) -> str:
+    """A path as text that any terminal prints, whatever bytes its name holds."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
+    """Refuse, from its header, an image that would decode to more than ``max_pixels`` pixels."""
+    if height * width > max_pixels:
+        raise DataError(f"{path}: {width} x {height} px is {height * width / 1e6:,.0f} megapixels, more than "
+                        f"data.max_image_megapixels ({max_pixels / 1e6:g}); raise it if the file is meant to be that "
+                        "large and the machine has the memory")
+
+
+@contextmanager
+def _header(path: Path, max_pixels: int):
+    """``Image.open`` (the header only) without Pillow's own process-wide size limit, which stays as it is for
+    the rest of the process; the size is checked against ``max_pixels`` before anything is decoded."""
+    with _PILLOW:  # Pillow reads its limit at open time: lifted only around this open, one thread at a time
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here and not later
-        return image
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        check_size(path, image.height, image.width, max_pixels)
+        yield image
+    finally:
+        image.close()
+
+
+def _open(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    try:
+        with _header(path, max_pixels) as image:
+            image.load()  # decode now, so a truncated file fails here and not later
+            return image.copy()  # the file is closed on leaving: keep the pixels
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from None
 
 
@@ -144,48 +153,64 @@ def _tiff_series(tif: tifffile.TiffFile):
     return None if tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE else tif.series[0]
 
 
-def image_format(path: str | Path) -> tuple[int, np.dtype]:
-    """Channels and depth of an image as :func:`read_image` returns it by default, from the file's header alone."""
+def _series_size(series) -> tuple[int, int]:
+    return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
+
+
+def image_format(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, np.dtype]:
+    """Channels and depth of an image as :func:`read_image` returns it by default, from the file's header alone;
+    an image over ``max_pixels`` is refused here, before anything is decoded."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
+            check_size(path, *(array.shape[:2] if array.ndim >= 2 else (1, array.size)), max_pixels)
             return (array.shape[2] if array.ndim == 3 else 1), _depth(array.dtype)
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
                 series = _tiff_series(tif)
                 if series is not None:
-                    return int(np.prod(series.shape) // (series.shape[series.axes.index("Y")] *
-                                                        series.shape[series.axes.index("X")])), _depth(series.dtype)
-        with Image.open(path) as image:
+                    height, width = _series_size(series)
+                    check_size(path, height, width, max_pixels)
+                    return int(np.prod(series.shape) // (height * width)), _depth(series.dtype)
+        with _header(path, max_pixels) as image:
             mode = _pillow_mode(image.mode)
-    except (OSError, ValueError, SyntaxError, tifffile.TiffFileError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, tifffile.TiffFileError) as e:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from None
     depth = np.uint16 if mode.startswith("I;16") else np.float32 if mode in ("I", "F") else np.uint8
     return (3 if mode == "RGB" else 1), _depth(depth)
 
 
-def _pixels(path: Path) -> np.ndarray:
+def _npy(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable .npy file ({e})") from None
+    if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
+        raise DataError(f"{path}: a .npy array must be (height, width) or (height, width, channels), not {array.shape}")
+    check_size(path, *array.shape[:2], max_pixels)
+    return np.array(array)
+
+
+def _pixels(path: Path, max_pixels: int) -> np.ndarray:
     """The file's pixels as (H, W, C) at its own depth; tifffile for TIFFs (every page and sample), Pillow for
     photos (with their EXIF rotation) and for TIFFs whose compression tifffile cannot decode alone."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: unreadable .npy file ({e})") from None
-        if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
-            raise DataError(f"{path}: a .npy image must be (height, width) or (height, width, channels), not {array.shape}")
+        array = _npy(path, max_pixels)
         return array.reshape(*array.shape[:2], -1)
     if suffix in TIFF_SUFFIXES:
         try:
             with tifffile.TiffFile(path) as tif:
                 series = _tiff_series(tif)
                 if series is not None:
+                    check_size(path, *_series_size(series), max_pixels)
                     return _channels_last(series.asarray(), series.axes)
+        except DataError:
+            raise
         except Exception:  # LZW or JPEG without imagecodecs, or a broken file: Pillow decodes or names the problem
             pass
-    image = ImageOps.exif_transpose(_open(path))  # phone photos are stored sideways with a rotation tag
+    image = ImageOps.exif_transpose(_open(path, max_pixels))  # phone photos are stored sideways with a rotation tag
     array = np.asarray(image.convert(_pillow_mode(image.mode)) if _pillow_mode(image.mode) != image.mode else image)
     return array.reshape(*array.shape[:2], -1)
 
@@ -197,17 +222,23 @@ def stretch(image: np.ndarray) -> np.ndarray:
     return (np.clip((values - low) / np.maximum(high - low, 1e-9), 0, 1) * 255).astype(np.uint8)
 
 
-def read_image(path: str | Path, channels: int | None = None, intensity: str = "dataset") -> np.ndarray:
+def read_image(path: str | Path, channels: int | None = None, intensity: str = "dataset",
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """(H, W, C) pixels: uint8, uint16, or float32 for any other type; grey, RGB and palette images by Pillow,
     multi-page and multi-sample TIFFs (each page and sample a channel) by tifffile, ``.npy`` as (H, W) or (H, W, C).
 
     ``channels``: that many, a single channel repeated (grey in an RGB dataset), extra ones dropped.
     ``intensity="per_image"`` stretches an image that is not 8-bit per channel (:func:`stretch`);
     ``"dataset"`` keeps its values, for normalisation by the training split's statistics.
+    An image over ``max_pixels`` is refused from its header; one with NaN or infinite values is refused too.
     """
     path = Path(path)
-    array = _pixels(path)
+    array = _pixels(path, max_pixels)
     array = array.astype(_depth(array.dtype), copy=False)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise DataError(f"{path}: {bad} pixel value(s) are NaN or infinite; they would make the dataset's mean and "
+                        "the training loss NaN, so fix or drop the file")
     have = array.shape[2]
     if channels is not None and have != channels:
         if have != 1 and have < channels:
@@ -244,10 +275,26 @@ def _map_colors(path: Path, rgb: np.ndarray, classes: ClassInfo, ignored: np.nda
     return np.array([palette[k] for k in keys], np.uint8)[np.searchsorted(keys, codes)]
 
 
+def _whole_numbers(path: Path, values: np.ndarray) -> np.ndarray:
+    """A mask's values as int64, once each is checked to be a whole number (a class index)."""
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise DataError(f"{path}: {int(bad.sum())} mask value(s) are not whole numbers (for example "
+                            f"{values[bad].flat[0]}); a mask holds class indices")
+    elif values.dtype.kind not in "uib":
+        raise DataError(f"{path}: a mask of {values.dtype} values; it must hold class indices")
+    return values.astype(np.int64)
+
+
 def _check_indices(path: Path, values: np.ndarray, classes: ClassInfo) -> np.ndarray:
     n = len(classes.names)
+    values = _whole_numbers(path, values)
     ignored = values == classes.ignore_index if classes.ignore_index is not None else np.zeros(values.shape, bool)
-    bad = ((values < 0) | (values >= n)) & ~ignored
+    if (values[~ignored] < 0).any():
+        raise DataError(f"{path}: mask value {int(values[~ignored].min())} is negative; class indices run from 0 to "
+                        f"{n - 1}")
+    bad = (values >= n) & ~ignored
     if bad.any():
         also = f" and is not the ignore_index {classes.ignore_index}" if classes.ignore_index is not None else ""
         raise DataError(f"{path}: mask value {int(values[bad].max())} is at or above the class count {n}{also}")
@@ -255,7 +302,7 @@ def _check_indices(path: Path, values: np.ndarray, classes: ClassInfo) -> np.nda
     return values.astype(np.uint8)
 
 
-def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
+def read_mask(path: str | Path, classes: ClassInfo, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Class indices (uint8, :data:`IGNORE` for ignored pixels) from an index mask (grey or palette
     PNG) or an RGB colour mask.
 
@@ -263,7 +310,12 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
     either upright without a tag or with the photo's tag copied, and both then line up.
     """
     path = Path(path)
-    image = ImageOps.exif_transpose(_open(path))
+    if path.suffix.lower() == ".npy":  # an array of class indices
+        array = _npy(path, max_pixels)
+        if array.ndim != 2:
+            raise DataError(f"{path}: a .npy mask must be (height, width) of class indices, not {array.shape}")
+        return _check_indices(path, array, classes)
+    image = ImageOps.exif_transpose(_open(path, max_pixels))
     if image.mode == "LA":
         image = image.getchannel("L")
     ignored_by_index = None
@@ -272,13 +324,13 @@ def read_mask(path: str | Path, classes: ClassInfo) -> np.ndarray:
             ignored_by_index = np.asarray(image.getchannel("P")) == classes.ignore_index
         image = image.convert("RGB")  # the palette's order need not be the class order: map by colour
     if image.mode not in ("RGB", "RGBA"):
-        return _check_indices(path, np.asarray(image).astype(np.int64), classes)
+        return _check_indices(path, np.asarray(image), classes)
     rgb = np.asarray(image.convert("RGB"))
     if classes.colors is not None:
         return _map_colors(path, rgb, classes, ignored_by_index)
     if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
         raise DataError(f"{path}: an RGB colour mask, but classes.json has no 'colors' to map it")
-    return _check_indices(path, rgb[..., 0].astype(np.int64), classes)
+    return _check_indices(path, rgb[..., 0], classes)
 
 
 def read_labels(path: str | Path) -> np.ndarray:
@@ -287,8 +339,9 @@ def read_labels(path: str | Path) -> np.ndarray:
 
 
 def read_pair(image_path: Path, mask_path: Path, classes: ClassInfo, channels: int | None = None,
-              intensity: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
-    image, mask = read_image(image_path, channels, intensity), read_mask(mask_path, classes)
+              intensity: str = "dataset", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    image = read_image(image_path, channels, intensity, max_pixels)
+    mask = read_mask(mask_path, classes, max_pixels)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                         f"{image.shape[1]}x{image.shape[0]}")
@@ -304,6 +357,11 @@ def image_files(folder: Path) -> dict[str, Path]:
     for f in sorted(folder.iterdir()):
         if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
             continue
+        try:
+            f.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{_shown(f)}: the file name is not valid UTF-8 (the bytes shown escaped), which the "
+                            "dataset's records cannot hold; rename the file") from None
         if f.stem in files:
             raise DataError(f"{f}: two files share the stem '{f.stem}' in {folder}")
         files[f.stem] = f

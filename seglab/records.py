@@ -13,100 +13,11 @@ beside ``ARCH.keras``), ``history/ARCH.json``, ``training.json`` and ``train_sta
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from seglab.atomic import write_json
-
-STEPS = {  # each step of the series and its notebook
-    "gpu_check": "00_gpu_check.ipynb",
-    "data": "01_data_loading_and_preprocessing.ipynb",
-    "class_weights": "02_class_weights.ipynb",
-    "training": "03_training.ipynb",
-    "evaluation": "04_evaluation.ipynb",
-    "visualization": "05_visualization.ipynb",
-    "inference": "06_inference_on_new_images.ipynb",
-    "export": "07_export.ipynb",
-}
-
-
-class MissingInput(RuntimeError):
-    """An earlier step's output is absent, unreadable or stale; the message names the notebook to run."""
-
-
-class RecordError(MissingInput):
-    """A run-folder file that cannot be read as its record."""
-
-
-class _Missing(Exception):
-    """A field absent from the file (the dotted path in args[0])."""
-
-
-def _build(hint, value, where: str):
-    """``value`` read from JSON as the declared type ``hint``: nested records, lists, dicts, optionals."""
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise _Missing(where or "the top level")
-        hints = typing.get_type_hints(hint)
-        kwargs = {}
-        for f in dataclasses.fields(hint):
-            if f.name in value:
-                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{where}{f.name}.")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _Missing(f"{where}{f.name}")
-        return hint(**kwargs)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _build(inner, value, where)
-    if origin is list and isinstance(value, list):
-        return [_build(args[0], v, f"{where}{i}.") for i, v in enumerate(value)]
-    if origin is dict and isinstance(value, dict):
-        return {k: _build(args[1], v, f"{where}{k}.") for k, v in value.items()}
-    return value
-
-
-@dataclass
-class Record:
-    """A file of the run folder, written by the step ``STEP`` and read by later ones."""
-    VERSION: ClassVar[int] = 1
-    STEP: ClassVar[str] = ""
-    FILE: ClassVar[str] = ""  # where it lies in the run folder; ``{arch}`` for one per architecture
-
-    @classmethod
-    def where(cls, arch: str | None = None) -> str:
-        return cls.FILE.format(arch=arch)
-
-    @classmethod
-    def load(cls, path: str | Path):
-        path = Path(path)
-        rerun = f"run notebook {STEPS[cls.STEP]} again" if cls.STEP else "write it again"
-        if not path.is_file():
-            raise RecordError(f"{path} is missing; {rerun}.")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RecordError(f"{path} is not valid JSON ({e}), perhaps cut off while written; {rerun}.") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != cls.VERSION:
-            raise RecordError(f"{path} has format version {version}, this seglab reads version {cls.VERSION}; {rerun}.")
-        try:
-            return _build(cls, data, "")
-        except _Missing as e:
-            raise RecordError(f"{path} has no field '{e.args[0].rstrip('.')}'; {rerun}.") from None
-
-    def to_dict(self) -> dict:
-        return {"format_version": self.VERSION, **dataclasses.asdict(self)}
-
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, self.to_dict())
+from seglab.jsonrecord import STEPS, FileStamp, Record, RecordError
 
 
 @dataclass
@@ -278,7 +189,12 @@ class ModelInput:
 
 @dataclass
 class ModelCard(Record):
-    """Written beside ``models/ARCH.keras``: everything prediction needs besides the weights."""
+    """Written beside ``models/ARCH.keras``: everything prediction needs besides the weights.
+
+    ``model`` stamps the ``.keras`` file the card belongs to: the model is saved first and the
+    card second, so a save cut off between the two leaves a pair that :meth:`beside` refuses.
+    """
+    VERSION: ClassVar[int] = 2
     STEP: ClassVar[str] = "training"
     FILE: ClassVar[str] = "models/{arch}.json"
     architecture: str
@@ -289,11 +205,17 @@ class ModelCard(Record):
     input_size: int
     pixel_scale: list[float]
     input: ModelInput
+    model: Optional[FileStamp] = None
 
     @classmethod
     def beside(cls, model_path: str | Path) -> "ModelCard":
-        """The card of ``RUN/models/ARCH.keras``."""
-        return cls.load(Path(model_path).with_suffix(".json"))
+        """The card of ``RUN/models/ARCH.keras``, once it is checked to belong to that very file."""
+        model_path = Path(model_path)
+        card = cls.load(model_path.with_suffix(".json"))
+        if card.model != FileStamp.of(model_path):
+            raise RecordError(f"{model_path} and its card {model_path.with_suffix('.json').name} are not from the same "
+                              f"save (one was cut off, or replaced by hand); {cls.rerun()}.")
+        return card
 
 
 @dataclass
@@ -378,7 +300,7 @@ class StepEntry:
     id: str
     notebook: str
     finished: str
-    outputs: dict[str, Optional[int]]  # file (relative to the run folder) -> size in bytes; null for a folder
+    outputs: dict[str, Optional[FileStamp]]  # file (relative to the run folder) -> its stamp; null for a folder
     inputs: dict[str, str]  # step -> the id of its record this step read
     config: dict
     versions: dict[str, Optional[str]]
@@ -388,5 +310,19 @@ class StepEntry:
 @dataclass
 class RunManifest(Record):
     """Which step finished when, with what, and which record of each earlier step it read."""
+    VERSION: ClassVar[int] = 2
     FILE: ClassVar[str] = "manifest.json"
     steps: dict[str, StepEntry] = field(default_factory=dict)
+
+    @classmethod
+    def rerun(cls) -> str:
+        return (f"every notebook rewrites it when it finishes, so run the series again from {STEPS['gpu_check']} "
+                "(notebook 01 reuses an unchanged dataset)")
+
+
+@dataclass
+class PredictionFiles(Record):
+    """In a folder ``seglab predict`` (or notebook 06) wrote into: the files it wrote, which the next run may replace."""
+    STEP: ClassVar[str] = "inference"
+    FILE: ClassVar[str] = ".seglab-predict.json"
+    files: list[str]

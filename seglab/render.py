@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import nbformat
 from PIL import Image
 
 from seglab import colab
-from seglab.atomic import atomic_file, write_text
+from seglab.atomic import atomic_file, remove_own_dir, write_text
 from seglab.config import Config
 from seglab.records import Metrics
 from seglab.rundir import RunDir
@@ -161,9 +160,9 @@ def stamp_notebooks(notebook_dir: Path = NOTEBOOK_DIR, readme: Path = REPO / "RE
     return changed
 
 
-def render(config: str = "configs/demo.yaml", run_dir: str = "runs/render") -> None:
+def render(config: str = "demo", run_dir: Path = REPO / "runs" / "render") -> None:
     stamp_notebooks()
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own_dir(run_dir)  # a folder of the user's of that name stops the render instead
     timings = run_series(config, run_dir=run_dir)
     run = RunDir(Path(run_dir).resolve())
     total = sum(timings.values())

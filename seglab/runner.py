@@ -17,6 +17,7 @@ from pathlib import Path
 import papermill
 
 from seglab.config import find_config, is_path_setting, load_config, parse_override
+from seglab.atomic import check_ours, mark
 from seglab.machine import is_chief
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -40,8 +41,10 @@ def run_series(config_path: str, overrides: list[str] = (), run_dir: str | None 
     notebooks = [nb for nb in series() if not only or any(nb.name.startswith(prefix) for prefix in only)]
     if cfg.train.strategy == "multi_worker" and not is_chief():
         return _work(cfg, notebooks, log)
-    out_dir = Path(cfg.run_dir) / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.run_dir, "manifest.json").exists():
+        check_ours(cfg.run_dir, "run folder")  # a folder of the user's does not become a run folder
+    out_dir = mark(cfg.run_dir) / "notebooks"
+    out_dir.mkdir(exist_ok=True)
     parameters = {
         "config_path": os.path.relpath(find_config(config_path).resolve(), NOTEBOOK_DIR),
         "overrides": [o for o in overrides if not o.startswith("run_dir=")],
@@ -68,7 +71,7 @@ def _work(cfg, notebooks: list[Path], log) -> dict:
     The chief runs the notebooks and writes the run folder; this worker writes nothing there.
     """
     from seglab import training
-    from seglab.records import MissingInput
+    from seglab.jsonrecord import MissingInput
     from seglab.rundir import RunDir
 
     if not any(nb.name.startswith("03") for nb in notebooks):

@@ -21,7 +21,8 @@ import numpy as np
 from seglab import colab
 from seglab.atomic import atomic_file
 from seglab.backend import tf
-from seglab.records import ImageSpec
+from seglab.jsonrecord import MissingInput
+from seglab.records import DatasetRecord, ImageSpec
 
 SHARD_BYTES = 64 * 2**20  # aimed size of one shard file, estimated from the source files' sizes
 MAX_SHARDS = 32  # per split and kind, however large the dataset
@@ -59,10 +60,18 @@ def mask_holds(record, classes):
 
 
 def read_samples(files: list[Path], images: ImageSpec):
-    """``(id, image, mask)`` as NumPy arrays (mask (H, W)), one record at a time, in the files' order."""
-    ds = tf.data.TFRecordDataset([str(path) for path in files]).map(lambda r: parse(r, images))
-    for item_id, image, mask in ds.as_numpy_iterator():
-        yield item_id.decode(), image, mask[..., 0]
+    """``(id, image, mask)`` as NumPy arrays (mask (H, W)), one record at a time, in the files' order.
+
+    A damaged file (cut off, or half synced) stops with its name and the notebook that rebuilds it.
+    """
+    for path in files:
+        ds = tf.data.TFRecordDataset(str(path)).map(lambda r: parse(r, images))
+        try:
+            for item_id, image, mask in ds.as_numpy_iterator():
+                yield item_id.decode(), image, mask[..., 0]
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+            raise MissingInput(f"{path} is damaged ({str(error).splitlines()[0][:120]}); run notebook "
+                               "01_data_loading_and_preprocessing.ipynb again, it rebuilds dataset/.") from None
 
 
 def shard_names(kind: str, count: int) -> list[str]:
@@ -120,11 +129,18 @@ def local_copies(run_root: Path, files: list[Path], log=print) -> list[Path]:
     return copies
 
 
-def original_pairs(run_root: Path, dataset, split: str, stems=None):
+def split_files(run, dataset: DatasetRecord, split: str, originals: bool = False, log=print) -> list[Path]:
+    """The shard files of ``split`` (of the run folder ``run``'s dataset), checked to be the ones notebook 01 wrote,
+    on the local disk (:func:`local_copies`)."""
+    return local_copies(run.root, run.verify("data", dataset.shard_files(run.root, split, originals)), log)
+
+
+def original_pairs(run, dataset: DatasetRecord, split: str, stems=None):
     """``(stem, image, mask)`` at the original size for each source image of ``split`` (of the dataset record
-    ``dataset``), in sorted order, streamed one at a time; only the ``stems`` given, when given."""
+    ``dataset`` in the run folder ``run``), in sorted order, streamed one at a time; only the ``stems`` given,
+    when given."""
     wanted = None if stems is None else set(stems)
-    files = local_copies(run_root, dataset.shard_files(run_root, split, originals=True), log=lambda _: None)
-    for stem, image, mask in read_samples(files, dataset.images):
+    for stem, image, mask in read_samples(split_files(run, dataset, split, originals=True, log=lambda _: None),
+                                          dataset.images):
         if wanted is None or stem in wanted:
             yield stem, image, mask

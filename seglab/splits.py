@@ -7,7 +7,31 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from seglab.readers import DataError, read_split_file
+from seglab.readers import SPLITS, DataError, read_user_json
+
+
+def read_split_file(path: Path, stems: list[str]) -> dict[str, str]:
+    """A split fixed by the user (nnU-Net's ``splits_final.json`` idea): ``{"train": [stems], "val": [...], "test": [...]}``.
+
+    Every image must be in exactly one split, and every stem must name an image.
+    """
+    spec = read_user_json(path)
+    if not isinstance(spec, dict) or set(spec) != set(SPLITS) or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in spec.values()):
+        raise DataError(f"{path}: must map each of train, val and test to a non-empty list of image names")
+    split_of = {}
+    for split in SPLITS:
+        for stem in spec[split]:
+            if stem in split_of:
+                raise DataError(f"{path}: '{stem}' is in both {split_of[stem]} and {split}")
+            split_of[stem] = split
+    unknown = sorted(set(split_of) - set(stems))
+    if unknown:
+        raise DataError(f"{path}: '{unknown[0]}' names no image in {path.parent / 'images'} ({len(unknown)} such name(s))")
+    missing = sorted(set(stems) - set(split_of))
+    if missing:
+        raise DataError(f"{path}: the image '{missing[0]}' is in no split ({len(missing)} such image(s))")
+    return split_of
 
 
 def subset_sources(pairs: list, max_images, seed: int) -> list:

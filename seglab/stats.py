@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from seglab.readers import IGNORE, ClassInfo, image_format, read_pair
+from seglab.readers import IGNORE, MAX_PIXELS, ClassInfo, image_format, read_pair
 from seglab.records import ClassShares, Fingerprint
 
 PIXELS_PER_IMAGE = 10_000  # pixels of each measured image kept for the fingerprint's intensity statistics
@@ -80,7 +80,8 @@ def intensity_stats(pixels: np.ndarray) -> dict:
             "p0.5": low.tolist(), "p99.5": high.tolist()}
 
 
-def measure(sample: list, classes: ClassInfo, images: int, seed: int = 0, channels: int | None = None) -> Fingerprint:
+def measure(sample: list, classes: ClassInfo, images: int, seed: int = 0, channels: int | None = None,
+            max_pixels: int = MAX_PIXELS) -> Fingerprint:
     """What the data is, measured on ``sample`` (stem, image, mask) of the ``images`` source pairs:
     image sizes, channels as stored, intensities as read (over ``PIXELS_PER_IMAGE`` random pixels
     of each image, read with ``channels`` as the shards will hold them), and per class the share of
@@ -89,9 +90,9 @@ def measure(sample: list, classes: ClassInfo, images: int, seed: int = 0, channe
     shapes, stored, kept = [], Counter(), []
     pixels, present = np.zeros(len(classes.names), np.int64), np.zeros(len(classes.names), np.int64)
     for _, image_path, mask_path in sample:
-        image, mask = read_pair(image_path, mask_path, classes, channels)
+        image, mask = read_pair(image_path, mask_path, classes, channels, max_pixels=max_pixels)
         shapes.append(mask.shape)
-        stored[image_format(image_path)[0]] += 1
+        stored[image_format(image_path, max_pixels)[0]] += 1
         flat = image.reshape(-1, image.shape[2])
         kept.append(flat[rng.choice(len(flat), min(len(flat), PIXELS_PER_IMAGE), replace=False)])
         counts, _ = class_pixels(mask, len(classes.names))

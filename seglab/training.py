@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,11 @@ from seglab.backend import keras, tf
 from seglab.callbacks import CosineDecay, TimeBudget
 from seglab.normalization import input_normalization
 from seglab.pipeline import Batching, SplitData, fit_batch_size, make_dataset
-from seglab.records import (ClassWeights, DatasetRecord, History, MissingInput, ModelCard, Normalization, ResumeKey,
-                            TrainingRecord, TrainingSummary)
+from seglab.jsonrecord import FileStamp, MissingInput
+from seglab.records import (ClassWeights, DatasetRecord, History, ModelCard, Normalization, ResumeKey, TrainingRecord,
+                            TrainingSummary)
 from seglab.rundir import RunDir, Step
-from seglab.shards import local_copies
+from seglab.shards import split_files
 
 MONITOR = "val_mean_iou"
 
@@ -68,8 +68,8 @@ def pipelines(dataset: DatasetRecord, cfg, run: RunDir, norm: Normalization, bat
     if crops and "train-originals" not in dataset.shards:
         raise MissingInput("Run notebook 01 again: data.train_tiles=random_crops crops the full-size training images, "
                            "which its dataset/ does not keep.")
-    train_files = local_copies(run.root, dataset.shard_files(run.root, "train", crops), log=lambda _: None)
-    val_files = local_copies(run.root, dataset.shard_files(run.root, "val"), log=lambda _: None)
+    train_files = split_files(run, dataset, "train", crops, log=lambda _: None)
+    val_files = split_files(run, dataset, "val", log=lambda _: None)
     n, splits, size = len(dataset.classes), dataset.splits, dataset.image_size
     records = splits["train"].sources if crops else splits["train"].items
     rare = tuple(rare_classes(dataset, cfg, log)) if cfg.train.sampling == "rare" else ()
@@ -96,6 +96,21 @@ def _state_paths(run: RunDir, arch: str) -> dict:
             "best": run.path("checkpoints", arch, "best")}  # TF checkpoint format: HDF5 fails under MirroredStrategy
 
 
+def _move_aside(run: RunDir, arch: str, log=print) -> None:
+    """Move an earlier training of ``arch`` (model, card, history, state, checkpoint) to ``previous/STAMP-ARCH/``,
+    and say so: a fresh start neither mixes two trainings nor deletes the earlier one."""
+    parts = [f"models/{arch}{models.MODEL_SUFFIX}", ModelCard.where(arch), f"history/{arch}.csv", History.where(arch),
+             f"train_state/{arch}", ResumeKey.where(arch), f"checkpoints/{arch}"]
+    found = [rel for rel in parts if run.path(rel).exists()]
+    if not found:
+        return
+    folder = Path("previous") / f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}"
+    for rel in found:
+        run.path(folder, rel).parent.mkdir(parents=True, exist_ok=True)
+        run.path(rel).rename(run.path(folder, rel))
+    log(f"{arch}: the earlier training ({', '.join(found)}) is kept in {folder}/ (delete it when you no longer need it)")
+
+
 def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tuple[dict, bool]:
     """Resume ``train_state/ARCH`` only when it was saved for the same dataset, class weights and settings;
     otherwise start fresh, and say so. Only the chief changes the run folder."""
@@ -109,9 +124,7 @@ def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tupl
     if has_state and not resumed:
         log(f"{arch}: the saved training state is from another dataset, class weights or settings; starting fresh.")
     if chief and not resumed:  # a fresh start: an old state, log or checkpoint would mix two trainings
-        shutil.rmtree(paths["state"], ignore_errors=True)
-        paths["log"].unlink(missing_ok=True)
-        shutil.rmtree(paths["best"].parent, ignore_errors=True)
+        _move_aside(step.run, arch, log)
         current.save(paths["key"])
     if chief:
         for folder in (paths["state"], paths["log"].parent, paths["best"].parent):
@@ -176,8 +189,8 @@ def finish(model, setup: TrainingSetup, step: Step, seconds: float) -> TrainingS
         best_val_mean_iou=max((e[MONITOR] for e in epochs), default=None))
     if not strategy.extended.should_checkpoint:
         return summary
-    step.wrote(models.save_model(copy, step.run.path(summary.model)))
-    step.save(setup.card, spec.arch)
+    model_path = step.wrote(models.save_model(copy, step.run.path(summary.model)))
+    step.save(dataclasses.replace(setup.card, model=FileStamp.of(model_path)), spec.arch)  # the card last: see ModelCard
     step.save(History(summary, epochs), spec.arch)
     return summary
 

@@ -27,7 +27,7 @@ def comparison_figure(run: RunDir, dataset: DatasetRecord, arch: str, ids: list[
     """
     titles = ["image", "ground truth", f"{arch} prediction", "errors (red)"]
     found = {}
-    for stem, image, truth in original_pairs(run.root, dataset, "test", stems=ids):
+    for stem, image, truth in original_pairs(run, dataset, "test", stems=ids):
         prediction = read_labels(run.path("predictions", arch, f"{stem}.png"))
         errors = np.where(truth == IGNORE, 2, truth != prediction).astype(np.uint8)
         found[stem] = [image, truth, prediction, np.asarray(ERROR_COLORS, np.uint8)[errors]]

@@ -250,7 +250,7 @@ def test_every_notebook_ran_in_its_own_runtime_on_the_run_folder_on_drive(series
 def test_the_dataset_on_drive_is_a_few_files_and_training_read_a_local_copy(series):
     run_dir, _, sim = series
     dataset = sorted(p.name for p in (run_dir / "dataset").iterdir())
-    assert dataset == ["dataset.json", "demo_scene", "fingerprint.json", "test-00000-of-00001.tfrecord",
+    assert dataset == [".seglab", "dataset.json", "demo_scene", "fingerprint.json", "test-00000-of-00001.tfrecord",
                        "test-originals-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
                        "val-00000-of-00001.tfrecord", "val-originals-00000-of-00001.tfrecord"]
     assert sorted(p.name for p in (run_dir / "dataset" / "demo_scene").iterdir()) == ["large_scene.png",

@@ -49,7 +49,7 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     dataset = SimpleNamespace(classes=["bg", "fg"])  # the dataset record, as far as evaluation reads it
     run = RunDir(tmp_path / "run")
     monkeypatch.setattr(evaluation, "original_pairs",
-                        lambda root, record, split: (root, record) == (run.root, dataset) and iter(pairs[split]))
+                        lambda where, record, split: (where, record) == (run, dataset) and iter(pairs[split]))
     monkeypatch.setattr(predictor, "predict_image", lambda *a, **k: np.eye(2)[noisy])
     out = tmp_path / "predictions"
     out.mkdir()

@@ -9,6 +9,7 @@ import pytest
 from seglab import export, models, normalization as norms
 from seglab.__main__ import main
 from seglab.backend import keras
+from seglab.jsonrecord import FileStamp
 from seglab.records import ExportCard, ModelCard, ModelInput
 
 SIZE, CLASSES = 64, 4
@@ -65,8 +66,8 @@ def exported(tmp_path_factory):
     assert normalization.order == [2, 1, 0] and min(normalization.offset) < -100
     ModelCard(architecture="unet", backbone="resnet18", classes=["background", "a", "b", "c"],
               colors=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], normalization=normalization,
-              input_size=SIZE, pixel_scale=[1.0, 1.0], input=ModelInput(3, "uint8", "dataset")
-              ).save(model_path.with_suffix(".json"))
+              input_size=SIZE, pixel_scale=[1.0, 1.0], input=ModelInput(3, "uint8", "dataset"),
+              model=FileStamp.of(model_path)).save(model_path.with_suffix(".json"))
     exporter = export.Exporter(model_path)
     paths = {(fmt, q): exporter.write(fmt, quantize=q) for fmt, q in EXPORTS}
     images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)  # a batch of 3

@@ -8,7 +8,8 @@ from PIL import Image
 
 from seglab import data_loading, geometry, machine, planning, readers, stats
 from seglab.config import load_config
-from seglab.records import DatasetRecord, Decision, Fingerprint, MissingInput
+from seglab.jsonrecord import MissingInput
+from seglab.records import DatasetRecord, Decision, Fingerprint
 from seglab.rundir import RunDir
 
 from conftest import REPO, write_folder_dataset

@@ -8,6 +8,7 @@ from PIL import Image
 
 from seglab import predictor as prediction
 from seglab.backend import keras
+from seglab.jsonrecord import FileStamp
 from seglab.records import ModelCard, ModelInput, Normalization
 
 NORM = Normalization(order=[0, 1, 2], scale=[1 / 255] * 3, offset=[0.0] * 3)
@@ -24,7 +25,9 @@ def _save(model_path, classes=("background", "a", "b")):
     """A model and its card beside it, as notebook 03 saves them."""
     model_path.parent.mkdir(parents=True, exist_ok=True)
     _model(32).save(str(model_path))
-    _card(32, classes).save(model_path.with_suffix(".json"))
+    card = _card(32, classes)
+    card.model = FileStamp.of(model_path)  # the card names the very file it belongs to
+    card.save(model_path.with_suffix(".json"))
 
 
 def _model(tile, kernel=5, seed=0):

@@ -12,7 +12,7 @@ from conftest import REPO
 PACKAGE = REPO / "seglab"
 # Lowest first: a module may import its own layer and the ones below, never one above.
 LAYERS = {
-    "foundation (no TensorFlow)": {"atomic", "settings", "geometry", "machine", "colab", "config", "records", "rundir",
+    "foundation (no TensorFlow)": {"atomic", "jsonrecord", "locks", "settings", "geometry", "machine", "colab", "config", "records", "rundir",
                                    "readers", "splits", "stats", "planning", "demo_data", "downloads", "notebook"},
     "TensorFlow building blocks": {"backend", "architectures", "shards", "normalization", "pipeline", "models",
                                    "losses", "metrics", "callbacks", "devices", "predictor", "plots"},
@@ -91,7 +91,7 @@ def test_no_run_folder_file_is_read_as_raw_json_outside_the_records_module():
     """Run-folder files are read through their typed records; json.load(s) only for the user's own files."""
     import nbformat
 
-    allowed = {"records.py", "readers.py", "machine.py"}  # the records; classes.json and splits.json; TF_CONFIG
+    allowed = {"jsonrecord.py", "readers.py", "machine.py", "locks.py"}  # records; classes.json, splits.json; TF_CONFIG; locks
     sources = {path.relative_to(REPO): path.read_text() for path in [*PACKAGE.glob("*.py"), *(REPO / "bench").glob("*.py")]
                if path.name not in allowed}
     for path in (REPO / "notebooks").glob("*.ipynb"):

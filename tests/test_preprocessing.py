@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from seglab import data_loading, geometry, pipeline, readers, shards
+from seglab.jsonrecord import FileStamp
 from seglab.records import DatasetRecord
 from seglab.rundir import RunDir
 
@@ -68,8 +69,10 @@ def test_demo_source_end_to_end_writes_the_manifest(make_config):
     run = RunDir(cfg.run_dir)
     dataset = data_loading.prepare_dataset(cfg, run)
     assert dataset.classes[0] == "background" and len(dataset.classes) == 4
-    outputs = run.require("data").outputs
-    assert outputs == {rel: run.path(rel).stat().st_size for rel in ("dataset/dataset.json", "dataset/fingerprint.json")}
+    outputs = run.require("data").outputs  # every file of dataset/, stamped with its size and checksum
+    files = sorted(str(p.relative_to(run.root)) for p in run.path("dataset").rglob("*") if p.is_file() and p.name != ".seglab")
+    assert sorted(outputs) == files and len(files) == 2 + 5 + 2  # the records, the shards, the demo scene
+    assert all(outputs[rel] == FileStamp.of(run.path(rel)) for rel in files)
     assert run.read(DatasetRecord).items == dataset.items
     assert set(dataset.splits) == {"train", "val", "test"}
     samples = list(shards.read_samples(dataset.shard_files(run.root, "train"), dataset.images))
@@ -197,7 +200,7 @@ def test_val_and_test_images_are_kept_at_their_original_size(tmp_path, make_conf
     classes = readers.read_classes(root / "classes.json")
     kept = set()
     for split in ("val", "test"):
-        pairs = list(shards.original_pairs(run.root, dataset, split))
+        pairs = list(shards.original_pairs(run, dataset, split))
         stems = [stem for stem, _, _ in pairs]
         assert stems == sorted(stems) == dataset.splits[split].source_ids and stems
         assert stems == sorted({i.source for i in dataset.items if i.split == split})
@@ -207,13 +210,13 @@ def test_val_and_test_images_are_kept_at_their_original_size(tmp_path, make_conf
             np.testing.assert_array_equal(kept_mask, mask)
             assert (mask == 255).any()
             kept.add(stem)
-        assert [s for s, _, _ in shards.original_pairs(run.root, dataset, split, stems=stems[-1:])] == stems[-1:]
+        assert [s for s, _, _ in shards.original_pairs(run, dataset, split, stems=stems[-1:])] == stems[-1:]
     originals = dataset.shard_files(run.root, "val", originals=True) + dataset.shard_files(run.root, "test", originals=True)
     assert kept == {s for s, _, _ in shards.read_samples(originals, dataset.images)}  # no training image
     assert (37, 53) in {tuple(dataset.source.sizes[stem]) for stem in kept}  # odd, non-square, kept as is
     assert {s for s in dataset.source.sizes if s not in kept} == set(dataset.splits["train"].source_ids)
     with pytest.raises(ValueError, match="original-size images are kept for val and test, not for 'train'"):
-        list(shards.original_pairs(run.root, dataset, "train"))
+        list(shards.original_pairs(run, dataset, "train"))
 
 
 def test_random_crops_keep_the_training_images_at_their_original_size(tmp_path, make_config):
@@ -223,7 +226,7 @@ def test_random_crops_keep_the_training_images_at_their_original_size(tmp_path, 
     run = RunDir(cfg.run_dir)
     dataset = data_loading.prepare_dataset(cfg, run)
     classes = readers.read_classes(root / "classes.json")
-    pairs = list(shards.original_pairs(run.root, dataset, "train"))
+    pairs = list(shards.original_pairs(run, dataset, "train"))
     assert [stem for stem, _, _ in pairs] == dataset.splits["train"].source_ids
     for stem, kept_image, kept_mask in pairs:
         image, mask = readers.read_pair(root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png", classes)
@@ -312,7 +315,8 @@ def test_the_dataset_is_a_few_shard_files_whatever_its_size(tmp_path, make_confi
     run = RunDir(cfg.run_dir)
     data_loading.prepare_dataset(cfg, run)
     names = sorted(p.name for p in run.path("dataset").iterdir())
-    assert names == ["dataset.json", "fingerprint.json", "test-00000-of-00001.tfrecord", "test-originals-00000-of-00001.tfrecord",
+    assert names == [".seglab", "dataset.json", "fingerprint.json", "test-00000-of-00001.tfrecord",
+                     "test-originals-00000-of-00001.tfrecord",
                      "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord",
                      "val-originals-00000-of-00001.tfrecord"]
     monkeypatch.setattr(shards, "SHARD_BYTES", 1)
@@ -320,7 +324,7 @@ def test_the_dataset_is_a_few_shard_files_whatever_its_size(tmp_path, make_confi
     dataset = data_loading.prepare_dataset(make_config("data.source=folder", f"data.root={root}",
                                                        "data.image_size=32", "seed=1"), run)
     assert dataset.shards["train"] == shards.shard_names("train", 3)
-    assert len(list(run.path("dataset").iterdir())) == 2 + 3 * 5
+    assert len(list(run.path("dataset").iterdir())) == 1 + 2 + 3 * 5  # the marker, two records, the shards
     for split in data_loading.SPLITS:
         ids = [i for i, _, _ in shards.read_samples(dataset.shard_files(run.root, split), dataset.images)]
         assert ids == dataset.split_ids(split)  # consecutive sources per shard: the sorted order
@@ -366,7 +370,7 @@ def test_channels_and_depth_are_detected_and_the_shards_keep_them(tmp_path, make
     assert (spec.channels, spec.dtype, spec.encoding) == expected
     for _, image, _ in shards.read_samples(dataset.shard_files(run.root, "train"), spec):
         assert image.shape == (32, 32, expected[0]) and image.dtype == expected[1]
-    for stem, image, _ in shards.original_pairs(run.root, dataset, "test"):
+    for stem, image, _ in shards.original_pairs(run, dataset, "test"):
         path = next((root / "images").glob(f"{stem}.*"))
         read = readers.read_image(path, spec.channels, spec.intensity)
         np.testing.assert_array_equal(image, read)  # lossless, at the original size

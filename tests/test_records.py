@@ -6,7 +6,7 @@ import typing
 import pytest
 
 from seglab import records
-from seglab.records import MissingInput, RecordError
+from seglab.jsonrecord import MissingInput, RecordError
 
 DATASET = dict(
     classes=["background", "a"], colors=[[0, 0, 0], [255, 0, 0]], ignore_index=None, image_size=32, mode="resize",
@@ -31,7 +31,7 @@ def test_a_record_saved_loads_back_equal_with_nested_types(tmp_path):
 def test_every_record_type_names_its_file_and_the_step_that_writes_it():
     kinds = [c for c in vars(records).values() if isinstance(c, type) and issubclass(c, records.Record)
              and c is not records.Record]
-    assert len(kinds) == 11
+    assert len(kinds) == 12
     for kind in kinds:
         assert kind.FILE, kind.__name__
         assert kind is records.RunManifest or kind.STEP in records.STEPS, kind.__name__

@@ -3,16 +3,18 @@ import json
 import pytest
 
 from seglab.atomic import atomic_dir, write_json
-from seglab.records import MissingInput
+from seglab.jsonrecord import MissingInput
 from seglab.rundir import RunDir
 
 
-def record(run, step, *outputs, inputs=(), config=None):
+def record(run, step, *outputs, inputs=(), config=None, write=True):
     """Run ``step`` as a notebook does: begin, read its inputs, write its outputs, finish."""
     started = run.begin(step, config)
     for dep in inputs:
         started.require(dep)
     for rel in outputs:
+        if write:
+            write_json(run.path(rel), {})
         started.wrote(rel)
     return started.finish()
 
@@ -46,14 +48,12 @@ def test_require_names_the_notebook_to_run_first(tmp_path):
 
 def test_record_refuses_outputs_that_are_not_there(tmp_path):
     with pytest.raises(RuntimeError, match="did not write: env.json"):
-        record(RunDir(tmp_path), "gpu_check", "env.json")
+        record(RunDir(tmp_path), "gpu_check", "env.json", write=False)
 
 
 def test_a_step_started_again_is_not_trusted_until_it_records(tmp_path):
     run = RunDir(tmp_path)
-    write_json(run.path("env.json"), {})
     record(run, "gpu_check", "env.json")
-    write_json(run.path("dataset.json"), {})
     record(run, "data", "dataset.json", inputs=("gpu_check",))
     run.begin("gpu_check")  # e.g. cut off half-way through rewriting its outputs
     with pytest.raises(MissingInput, match="Run notebook 00_gpu_check.ipynb first"):
@@ -64,9 +64,7 @@ def test_a_step_started_again_is_not_trusted_until_it_records(tmp_path):
 
 def test_require_detects_deleted_and_stale_inputs(tmp_path):
     run = RunDir(tmp_path)
-    write_json(run.path("env.json"), {})
     record(run, "gpu_check", "env.json", config={"a": 1})
-    write_json(run.path("dataset.json"), {})
     record(run, "data", "dataset.json", inputs=("gpu_check",))
     assert run.require("data").versions["tensorflow"]
     assert run.require("gpu_check").config == {"a": 1}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from seglab.records import (ClassWeights, DatasetRecord, Environment, ExportCard, History, Metrics, ModelCard,
-                            ModelInput, RunManifest, TrainingRecord)
+from seglab.jsonrecord import FileStamp
+from seglab.records import (ClassWeights, DatasetRecord, Environment, ExportCard, Fingerprint, History, Metrics,
+                            ModelCard, ModelInput, ResumeKey, RunManifest, TrainingRecord)
 from seglab.rundir import RunDir
 
 # U-Net first (notebooks 06 and 07 use the first), PSPNet for its own size rule, and the two decoders of
@@ -46,11 +47,13 @@ def test_every_notebook_ran_without_error_outputs(series_run):
 
 def test_every_run_folder_file_carries_its_format_version(series_run):
     run_dir, _ = series_run
-    files = [RunManifest.FILE, Environment.FILE, DatasetRecord.FILE, "dataset/fingerprint.json", ClassWeights.FILE,
-             TrainingRecord.FILE, Metrics.FILE, ModelCard.where("unet"), History.where("unet"), "train_state/unet.json",
-             "export/" + ExportCard.where("unet")]
-    for rel in files:
-        assert json.loads((run_dir / rel).read_text())["format_version"] == 1, rel
+    files = {RunManifest.FILE: RunManifest, Environment.FILE: Environment, DatasetRecord.FILE: DatasetRecord,
+             "dataset/fingerprint.json": Fingerprint, ClassWeights.FILE: ClassWeights,
+             TrainingRecord.FILE: TrainingRecord, Metrics.FILE: Metrics, ModelCard.where("unet"): ModelCard,
+             History.where("unet"): History, "train_state/unet.json": ResumeKey,
+             "export/" + ExportCard.where("unet"): ExportCard}
+    for rel, record in files.items():
+        assert json.loads((run_dir / rel).read_text())["format_version"] == record.VERSION, rel
     raw = json.loads((run_dir / TrainingRecord.FILE).read_text())
     assert set(raw) == {"format_version", "models"} and set(raw["models"]) == set(ARCHITECTURES)
 
@@ -131,7 +134,7 @@ def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
     for name in ("05_predictions_unet", "05_best_and_worst_pspnet", "05_confusion_matrices", "05_training_curves",
                  "05_per_class_iou"):
         rel = f"figures/{name}.png"
-        assert figures[rel] == (run_dir / rel).stat().st_size > 1000
+        assert figures[rel] == FileStamp.of(run_dir / rel) and figures[rel].size > 1000
     # 05 reads the test images (01), the scores (04) and the training curves (03), each the record now in place
     assert steps["visualization"].inputs == {"data": steps["data"].id, "evaluation": steps["evaluation"].id,
                                              "training": steps["training"].id}

@@ -9,8 +9,8 @@ from seglab.config import Config, load_config
 from conftest import REPO, write_folder_dataset
 
 DEMO = REPO / "configs" / "demo.yaml"
-# data settings that do not change what notebook 01 writes: where files are, and training-time augmentation
-NOT_PREPROCESSING = {"data.root", "data.download_dir", "data.base_url", "data.augment"}
+# data settings that do not change what notebook 01 writes: where files are, augmentation, the size guard
+NOT_PREPROCESSING = {"data.root", "data.download_dir", "data.base_url", "data.augment", "data.max_image_megapixels"}
 
 
 def test_every_setting_has_a_description():
