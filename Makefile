@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Colab's package versions (requirements-colab.txt) on Colab's Python: 3.12 (pyenv's if there is one).
-COLAB_PYTHON ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python)),$(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null),$(PYTHON))
+# Colab's package versions (requirements-colab.txt) on Colab's Python, 3.13 since 2026-08 (pyenv's if there is one;
+# else 3.12, else this machine's Python).
+COLAB_PYTHON ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python)),$(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null),$(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python)),$(PYTHON))
 COLAB_VENV := .venv-colab
 
 .PHONY: demo test test-colab lab kernel render cells clean

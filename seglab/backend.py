@@ -6,6 +6,7 @@ it when ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow is first imported. Ev
 else in seglab takes ``tf``, ``keras`` and ``sm`` from here, so no Keras 3 object ever
 meets a tf_keras model.
 """
+import logging
 import os
 import sys
 
@@ -25,5 +26,16 @@ if _keras3_loaded or tf.keras.layers.Layer is not keras.layers.Layer:
     )
 
 import segmentation_models as sm  # noqa: E402
+
+
+class _NoRetracingNote(logging.Filter):
+    """Drops tf.function's note that a function was traced again. The notebooks build several models and predict
+    images of several sizes, each traced once by design; the note would fill their outputs and teach nothing."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_NoRetracingNote())
 
 __all__ = ["tf", "keras", "sm"]

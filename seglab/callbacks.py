@@ -60,3 +60,34 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.perf_counter() - self.start > self.seconds:
             self.model.stop_training = True
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One line per epoch instead of Keras' progress bars: the losses, the mean IoUs, the learning rate, the time."""
+
+    def __init__(self, name: str, epochs: int, log=print):
+        super().__init__()
+        self.name, self.epochs, self.log = name, epochs, log
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"{key} {logs[key]:.3f}" for key in ("loss", "val_loss", "mean_iou", "val_mean_iou") if key in logs]
+        rate = f"lr {logs['lr']:.1e}" if "lr" in logs else ""
+        total = f"/{self.epochs}" if self.epochs < 1000 else ""  # train.epochs=auto: the budget decides
+        self.log(f"{self.name} epoch {epoch + 1:>3}{total}  " + "  ".join(parts + [rate]).strip()
+                 + f"  {time.perf_counter() - self.start:.0f} s")
+
+
+class EpochPredictions(keras.callbacks.Callback):
+    """The model's prediction for one validation image after every epoch, to watch it learn (TensorFlow's
+    segmentation tutorial's ``DisplayCallback``); ``predictions`` holds the label maps."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.image, self.predictions = image, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.predictions.append(self.model.predict_on_batch(self.image[None])[0].argmax(-1).astype("uint8"))

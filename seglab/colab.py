@@ -72,13 +72,16 @@ def local_cache(run_root: str | Path) -> Path | None:
 
 
 SETUP_DOC = """\
-**Set-up.** On Colab the next cell mounts Google Drive (one consent click per runtime), then installs this \
-project with segmentation_models and the `tf-keras` matching Colab's TensorFlow (Colab's TensorFlow is kept); \
-run again, or after *Restart session*, it installs nothing twice. Elsewhere it does nothing. \
-It installs from `SEGLAB_SOURCE`, or from a copy of the project folder on Drive (`MyDrive/seglab`). \
-The run folder is on Drive, `MyDrive/seglab/runs/<config>`, because every notebook runs in its own Colab \
-runtime whose disk is gone when it ends: Drive is where notebook 01's dataset reaches notebook 02, and where \
-an interrupted training resumes from."""
+**Set-up.** On Colab the next cell mounts Google Drive and installs seglab with segmentation_models and the \
+`tf-keras` that matches Colab's own TensorFlow; elsewhere it does nothing. Each notebook runs in its own Colab \
+runtime, whose disk is gone when it ends, so the run folder lives on Drive (`MyDrive/seglab/runs/<config>`). Run \
+again or after *Restart session*, it installs nothing twice. On a T4 runtime it prints:
+
+```
+Mounted at /content/drive
+Installing seglab from git+https://github.com/OWNER/REPO@main, segmentation-models 1.0.1 and tf-keras 2.20 ...
+seglab 0.1.0, TensorFlow 2.20.0, tf-keras 2.20.1, segmentation-models 1.0.1; GPU runtime; runs in MyDrive/seglab/runs.
+```"""
 
 PARAMETERS_DOC = """\
 **Parameters.** One config drives the whole series, named (`"demo"`, `"colab_t4"`) or as a path to a YAML \
@@ -91,7 +94,8 @@ overrides = []  # list of key=value strings, for example train.epochs=3
 run_dir = None  # None: on Colab MyDrive/seglab/runs/<config name>, elsewhere the config's run_dir"""
 
 _SETUP_CELL = '''\
-# Colab set-up; elsewhere this cell does nothing. Generated from seglab/colab.py: `python -m seglab render --cells-only`.
+#@title Set-up on Colab: mount Drive, install seglab (elsewhere: nothing) {{ display-mode: "form" }}
+# Generated from seglab/colab.py by `make cells`; the code is folded on Colab.
 SEGLAB_SOURCE = "{source}"  # pip address of this project
 DRIVE_FOLDER = "{folder}"  # or copy the project folder to Google Drive as MyDrive/{folder}; runs go to its runs/
 

@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from seglab import demo_data, downloads, geometry, planning, plots, readers, shards, splits, stats
+from seglab import demo_data, downloads, geometry, pipeline, planning, plots, readers, shards, splits, stats
 from seglab.atomic import atomic_dir
+from seglab.backend import tf
 from seglab.config import Config, check_input_size
 from seglab.machine import gpu_memory_gb
+from seglab.normalization import value_range
 from seglab.jsonrecord import MissingInput
 from seglab.records import DatasetRecord, DemoScene, Fingerprint, ImageSpec, Item, SourceInfo, SplitInfo
 from seglab.rundir import RunDir
@@ -314,3 +316,23 @@ def frequency_figure(dataset: DatasetRecord):
     return plots.grouped_bars(series, dataset.classes, "% of pixels (log scale)", "Pixel share per class and split",
                               log=True)
 
+
+def augmentation_figure(run: RunDir, dataset: DatasetRecord, kinds=("flip", "strong"), count: int = 4, seed: int = 0):
+    """One training sample as stored, then ``count`` random augmentations of each kind: the mask drawn over its
+    image shows that both moved together."""
+    _, image, mask = next(shards.read_samples(dataset.shard_files(run.root, "train")[:1], dataset.images))
+    low, high = value_range(dataset.images)
+    tf.random.set_seed(seed)
+    rows = []
+    for kind in kinds:
+        row = [plots.overlay(image, mask, dataset.colors)]
+        for _ in range(count):
+            x, m = pipeline.augment(image, mask[..., None], low, high, kind)
+            x = np.clip(x.numpy(), low, high).astype(image.dtype)
+            row.append(plots.overlay(x, m.numpy()[..., 0], dataset.colors))
+        rows.append(row)
+    fig = plots.image_grid(rows, ["as stored"] + [f"augmented {i + 1}" for i in range(count)], dataset.classes,
+                           dataset.colors)
+    for axis, kind in zip(fig.axes[:: count + 1], kinds):
+        axis.set_ylabel(f"data.augment={kind}", fontsize=9)
+    return fig

@@ -199,6 +199,38 @@ def comparison_markdown(report: Metrics) -> str:
     return "\n".join(lines)
 
 
+def options_markdown(report: Metrics) -> str:
+    """Test mean IoU of every model under every option (rows), the chosen one in bold, and the sentence that says
+    what the table shows: the option that costs most, and which class it costs."""
+    names = list(report.models)
+    options = list(next(iter(report.models.values())).variants)
+    lines = ["| option | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for option in options:
+        cells = [(f"**{m.variants[option]['test_mean_iou']:.3f}**" if m.selected_on_val["name"] == option
+                  else f"{m.variants[option]['test_mean_iou']:.3f}") for m in report.models.values()]
+        lines.append(f"| {option} | " + " | ".join(cells) + " |")
+    drop = {(name, option): m.variants["plain"]["test_mean_iou"] - m.variants[option]["test_mean_iou"]
+            for name, m in report.models.items() for option in options}
+    (name, option), loss = max(drop.items(), key=lambda kv: kv[1])
+    said = ("Bold: the option validation chose for each model. "
+            + (f"The costliest option is {option}: it takes {name} from "
+               f"{report.models[name].variants['plain']['test_mean_iou']:.2f} to "
+               f"{report.models[name].variants[option]['test_mean_iou']:.2f} mean IoU"
+               + (", since removing small components also erases small true objects." if "remove" in option else ".")
+               if loss > 0.005 else "No option changes any model by more than 0.005."))
+    return "\n".join(lines) + "\n\n" + said
+
+
+def weak_classes(report: Metrics) -> str:
+    """A sentence naming each class whose test IoU is under half its model's mean IoU: a class the model nearly misses."""
+    weak = [f"{name}'s {c} ({iou:.2f} against a mean of {m.mean_iou:.2f})" for name, m in report.models.items()
+            for c, iou in m.per_class_iou.items() if iou is not None and iou < m.mean_iou / 2]
+    if not weak:
+        return "Every class scores at least half its model's mean IoU: no model misses a class."
+    return ("Nearly missed, with an IoU under half the model's mean: " + "; ".join(weak)
+            + ". Notebook 05's confusion matrices show where those pixels went.")
+
+
 def baselines(cfg, run: RunDir, split: str = "val") -> dict:
     """Each trained model beside what it must beat: the majority class everywhere, and the same network untrained.
 

@@ -10,14 +10,16 @@ import csv
 import io
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import tifffile
+from matplotlib.patches import Rectangle
 from PIL import Image
 from tqdm import tqdm
 
-from seglab import metrics, plots, readers
+from seglab import geometry, metrics, plots, readers
 from seglab.atomic import NotOurs, atomic_file, write_bytes, write_text
-from seglab.predictor import Predictor, predict_image
+from seglab.predictor import Predictor, gaussian_weight, predict_image, sliding_windows
 from seglab.jsonrecord import MissingInput
 from seglab.records import DatasetRecord, PredictionFiles, TrainingRecord
 from seglab.rundir import RunDir, Step
@@ -191,3 +193,36 @@ def example_scores(predictor: Predictor, examples, output: str | Path) -> dict:
     return {stem: metrics.scores(metrics.confusion_matrix(truth, prediction, n), predictor.classes)["mean_iou"]
             for stem, _, truth, prediction in _read_examples(predictor, examples, output) if truth is not None}
 
+
+def windows_figure(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8):
+    """How a large image is predicted: the windows (every other one outlined), the Gaussian weight of one
+    window, the blended prediction, and the same windows cut edge to edge without blending, whose seams show."""
+    tile = predictor.tile
+    corners = geometry.window_corners(*image.shape[:2], tile, overlap)
+    blended = sliding_windows(predictor, image, overlap, batch_size).argmax(-1).astype(np.uint8)
+    hard = sliding_windows(predictor, image, 0.0, batch_size, blend=False).argmax(-1).astype(np.uint8)
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    axes[0].imshow(plots.display(image))
+    for i, (y, x) in enumerate(corners[::2]):
+        axes[0].add_patch(Rectangle((x, y), tile, tile, fill=False, color=f"C{i % 10}", lw=1))
+    axes[1].imshow(gaussian_weight(tile), cmap="viridis")
+    axes[2].imshow(plots.colorize(blended, predictor.colors))
+    axes[3].imshow(plots.colorize(hard, predictor.colors))
+    titles = [f"{len(corners)} windows of {tile} px, overlap {overlap:g}", "the weight of one window",
+              "blended", "edge to edge, not blended"]
+    for ax, title in zip(axes, titles):
+        ax.set(title=title, xticks=[], yticks=[])
+    fig.tight_layout()
+    return fig
+
+
+def zoom_figure(predictor: Predictor, image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None,
+                size: int | None = None):
+    """A crop of ``size`` px (two windows) from the centre of a large image: image, truth, prediction, overlay."""
+    size = size or 2 * predictor.tile
+    y, x = max(0, (image.shape[0] - size) // 2), max(0, (image.shape[1] - size) // 2)
+    crop = lambda a: a[y:y + size, x:x + size]
+    panels = [crop(image), *([crop(truth)] if truth is not None else []), crop(prediction),
+              plots.overlay(crop(image), crop(prediction), predictor.colors)]
+    titles = ["image", *(["true mask"] if truth is not None else []), "prediction", "overlay"]
+    return plots.image_grid([panels], [f"{t} (zoomed)" for t in titles], predictor.classes, predictor.colors, size=3.2)

@@ -81,19 +81,47 @@ def grouped_bars(values: dict[str, list[float]], labels: list[str], ylabel: str,
 
 
 def curves_figure(histories: dict):
-    """Loss and validation IoU per epoch of every architecture (``{arch: History}``), on one figure."""
-    fig, (loss_ax, iou_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for arch, history in histories.items():
-        epochs = history.epochs
-        x = [int(e["epoch"]) + 1 for e in epochs]
-        line, = loss_ax.plot(x, [e["loss"] for e in epochs], label=f"{arch} train")
-        loss_ax.plot(x, [e["val_loss"] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
-        iou_ax.plot(x, [e["mean_iou"] for e in epochs], color=line.get_color(), label=f"{arch} train")
-        iou_ax.plot(x, [e["val_mean_iou"] for e in epochs], "--", color=line.get_color(), label=f"{arch} val")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: validation)")
-    iou_ax.set(xlabel="epoch", ylabel="mean IoU", title="Mean IoU (solid: train, dashed: validation)", ylim=(0, 1))
-    iou_ax.legend(fontsize=7, ncol=2)
+    """Per architecture (``{arch: History}``), one column: mean IoU above, loss below; solid training, dashed
+    validation; the epoch kept by the checkpoint marked."""
+    fig, axes = plt.subplots(2, len(histories), figsize=(3.2 * len(histories), 5), squeeze=False, sharex="col")
+    for (iou_ax, loss_ax), (arch, history) in zip(axes.T, histories.items()):
+        x = [int(e["epoch"]) + 1 for e in history.epochs]
+        for ax, key, label in ((iou_ax, "mean_iou", "mean IoU"), (loss_ax, "loss", "loss")):
+            ax.plot(x, [e[key] for e in history.epochs], color="C0", label="training")
+            ax.plot(x, [e[f"val_{key}"] for e in history.epochs], "--", color="C1", label="validation")
+            ax.set_ylabel(label)
+        best = max(history.epochs, key=lambda e: e["val_mean_iou"])
+        iou_ax.plot(int(best["epoch"]) + 1, best["val_mean_iou"], "o", color="C1")
+        iou_ax.set(title=arch, ylim=(0, 1))
+        loss_ax.set_xlabel("epoch")
+    axes[0, 0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    return fig
+
+
+def learning_rate_figure(histories: dict):
+    """The learning rate of every epoch (Keras logs it as ``lr``), for each architecture."""
+    fig, ax = plt.subplots(figsize=(5, 2.8))
+    for arch, history in histories.items():
+        ax.plot([int(e["epoch"]) + 1 for e in history.epochs], [e["lr"] for e in history.epochs], marker=".",
+                label=arch)
+    ax.set(xlabel="epoch", ylabel="learning rate", title="The cosine decay, epoch by epoch")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def epoch_strip(image: np.ndarray, truth: np.ndarray, predictions: dict, classes: list, colors: list, shown: int = 8):
+    """One validation image, its true mask, and each architecture's prediction after every epoch (``{arch: [labels,
+    ...]}``; at most ``shown`` epochs, evenly spaced), a row per architecture."""
+    epochs = max(len(labels) for labels in predictions.values())
+    picked = np.unique(np.linspace(0, epochs - 1, min(shown, epochs)).round().astype(int)).tolist()
+    blank = np.full(truth.shape, IGNORE, np.uint8)  # an epoch a resumed training did not watch
+    rows = [[image, truth] + [labels[i] if i < len(labels) else blank for i in picked]
+            for labels in predictions.values()]
+    fig = image_grid(rows, ["image", "truth"] + [f"epoch {i + 1}" for i in picked], classes, colors, size=1.6)
+    for axis, arch in zip(fig.axes[:: len(picked) + 2], predictions):
+        axis.set_ylabel(arch, fontsize=9)
     return fig
 
 

@@ -29,9 +29,10 @@ from seglab.runner import NOTEBOOK_DIR, run_series, series
 from seglab.settings import reference_markdown
 
 REPO = NOTEBOOK_DIR.parent
-NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|.*(\d+|\?)it/s\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
+NOISE = re.compile(r"^(WARNING: All log messages before absl|INFO: Created TensorFlow Lite XNNPACK delegate|[IWE]\d{4} \d\d:\d\d:\d\d|.*(\d+|\?)(it/s|s/it)\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/(?!content/)[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
-README_FIGURES = ("05_predictions_unet", "05_per_class_iou", "05_confusion_matrices", "03_training_curves")
+README_FIGURES = ("05_predictions_unet", "05_per_class_iou", "05_confusion_matrices", "03_training_curves",
+                  "03_learning_rate", "03_epoch_by_epoch", "01_augmentation", "06_sliding_windows", "06_zoomed")
 MAX_WIDTH = 900
 
 
@@ -51,8 +52,12 @@ def _strip_paths(text: str) -> str:
 
 
 def clean_notebook(nb):
-    """Drop the injected-parameters cell, log noise and machine paths; downscale images."""
+    """Drop the injected-parameters cell, log noise and machine paths, and the set-up cell's output (what it prints
+    on Colab is in the note above it; here it printed that it had nothing to do); downscale images."""
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source == colab.setup_cell():
+            cell.outputs = []
     nb.metadata.pop("papermill", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
@@ -120,6 +125,9 @@ def stamp_notebook(nb, name: str) -> bool:
     changed = _set_source(title, f"{heading}\n\n{colab.badge(name)}\n\n{rest}")
     setup = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
     parameters = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    if nb.cells[setup].metadata.get("cellView") != "form":  # Colab folds the code away, showing the title
+        nb.cells[setup].metadata["cellView"] = "form"
+        changed = True
     for index, code, doc in ((setup, colab.setup_cell(), colab.SETUP_DOC),
                              (parameters, colab.PARAMETERS, colab.PARAMETERS_DOC)):
         changed |= _set_source(nb.cells[index], code)

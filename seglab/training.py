@@ -20,7 +20,7 @@ import numpy as np
 
 from seglab import devices, losses, metrics, models, planning, stats
 from seglab.backend import keras, tf
-from seglab.callbacks import CosineDecay, TimeBudget
+from seglab.callbacks import CosineDecay, EpochLine, TimeBudget
 from seglab.normalization import input_normalization
 from seglab.pipeline import Batching, SplitData, fit_batch_size, make_dataset
 from seglab.jsonrecord import FileStamp, MissingInput
@@ -121,6 +121,8 @@ def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tupl
     except MissingInput:
         saved = None
     resumed = has_state and saved == current
+    if resumed:
+        log(f"{arch}: resuming the training saved in train_state/{arch} (same dataset, class weights and settings)")
     if has_state and not resumed:
         log(f"{arch}: the saved training state is from another dataset, class weights or settings; starting fresh.")
     if chief and not resumed:  # a fresh start: an old state, log or checkpoint would mix two trainings
@@ -132,7 +134,7 @@ def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tupl
     return paths, resumed
 
 
-def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=()) -> list:
+def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=(), log=print) -> list:
     """Keras' callbacks for one training, in the order they run."""
     best_so_far = max((row[MONITOR] for row in _logged_epochs(paths["log"])), default=None)
     train = cfg.train
@@ -144,6 +146,7 @@ def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=()) -
         *([keras.callbacks.CSVLogger(str(paths["log"]), append=True)] if chief else []),
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
         *([TimeBudget(train.time_budget_minutes)] if train.time_budget_minutes else []),
+        EpochLine(arch, train.epochs, log),  # one line per epoch, instead of Keras' progress bars
         *extra,
     ]
 
@@ -165,7 +168,7 @@ def prepare(arch: str, cfg, step: Step, dataset: DatasetRecord, strategy, extra_
     paths, resumed = _resume_or_start(arch, cfg, step, chief, log)
     spec = models.ModelSpec.of(arch, cfg, dataset)
     return TrainingSetup(spec, models.card_for(spec, dataset, norm), train, val,
-                         callbacks(arch, cfg, step.run, paths, chief, extra_callbacks), resumed, batch * replicas,
+                         callbacks(arch, cfg, step.run, paths, chief, extra_callbacks, log), resumed, batch * replicas,
                          replicas, paths)
 
 
@@ -207,9 +210,10 @@ def train_model(arch: str, cfg, step: Step, class_weights, strategy=None, extra_
         model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
                       loss=losses.make_loss(cfg.train.loss, class_weights),
                       metrics=[metrics.MeanIoU(setup.spec.classes)])
+    log(f"{arch}: {model.count_params():,} parameters; callbacks " + ", ".join(type(c).__name__ for c in setup.callbacks))
     start = time.perf_counter()
     model.fit(setup.train, validation_data=setup.val, epochs=cfg.train.epochs,
-              steps_per_epoch=cfg.train.steps_per_epoch, callbacks=setup.callbacks, verbose=2)
+              steps_per_epoch=cfg.train.steps_per_epoch, callbacks=setup.callbacks, verbose=0)
     return finish(model, setup, step, time.perf_counter() - start)
 
 

@@ -37,18 +37,23 @@ def comparison_figure(run: RunDir, dataset: DatasetRecord, arch: str, ids: list[
     return fig
 
 
-def confusion_figure(report: Metrics):
-    """Row-normalised confusion matrices: each row shows where the pixels of one true class went."""
+def confusion_figure(report: Metrics, columns: int = 3):
+    """Row-normalised confusion matrices, at most ``columns`` a row: each row of a matrix shows where the pixels
+    of one true class went."""
     names, classes = list(report.models), report.classes
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, min(columns, len(names)), figsize=(4.2 * min(columns, len(names)), 4 * rows),
+                             squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         cm = np.array(report.models[name].confusion_matrix, np.float64)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for (r, c), v in np.ndenumerate(norm):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black")
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=10, color="white" if v > 0.5 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=9)
+        ax.set_yticks(range(len(classes)), classes, fontsize=9)
         ax.set(title=name, xlabel="predicted", ylabel="true")
     fig.tight_layout()
     return fig

@@ -53,6 +53,14 @@ def test_deeplab_v3_plus_pools_at_stride_16_and_joins_stride_4():
     assert model.get_layer("decoder_low_conv").output.shape[1:] == (64 // 4, 64 // 4, 48)
 
 
+def test_fpn_sums_its_pyramid_rather_than_concatenating_it():
+    """The concatenation is a 512-channel head at stride 2, 2.7x U-Net's step; the sum keeps 128 channels."""
+    model = models.build_model(models.ModelSpec("fpn", "resnet18", 3, 64))
+    merged = model.get_layer("aggregation_sum")
+    assert len(merged.input) == 4 and merged.output.shape[-1] == 128
+    assert "aggregation_concat" not in {layer.name for layer in model.layers}
+
+
 @pytest.mark.parametrize("arch, size, message", [
     ("unetplusplus", 80, "unetplusplus needs an input size that is a multiple of 32; data.image_size=80: use 64 or 96"),
     ("deeplabv3plus", 72, "deeplabv3plus needs an input size that is a multiple of 16; data.image_size=72: use 64 or 80"),

@@ -23,6 +23,14 @@ def test_demo_and_colab_configs_load_with_typed_sections():
     assert isinstance(demo.train.epochs, int) and isinstance(demo.train.learning_rate, float)
 
 
+def test_the_demo_is_the_three_architectures_and_colab_ends_in_a_stated_time():
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    colab = load_config(REPO / "configs" / "colab_t4.yaml")
+    assert demo.model.architectures == ["unet", "fpn", "pspnet"] == colab.model.architectures
+    assert colab.train.time_budget_minutes == 15 and colab.train.epochs == 40  # the budget first, the epochs a bound
+    assert "time_budget_minutes: 15" in (REPO / "README.md").read_text()
+
+
 def test_the_defaults_alone_are_a_valid_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config().data.image_size % 96 == 0
@@ -76,9 +84,9 @@ WRONG = {
     "negative batch size": (["train.batch_size=-3"], "train.batch_size=-3 must be a positive integer"),
     "unknown backbone": (["model.backbone=resnet999"],
                          "model.backbone='resnet999' must be a segmentation_models backbone such as resnet50, "),
-    "size unfit for pspnet": (["data.image_size=100"], "unet, fpn, pspnet, linknet, unetplusplus and deeplabv3plus need "
-                              "an input size that is a multiple of 96 (16 for deeplabv3plus, 32 for unet, fpn, linknet and "
-                              "unetplusplus, 48 for pspnet at downsample factor 8); data.image_size=100: use 96 or 192"),
+    "size unfit for pspnet": (["data.image_size=100"], "unet, fpn and pspnet need an input size that is a multiple "
+                              "of 96 (32 for unet and fpn, 48 for pspnet at downsample factor 8); data.image_size=100: "
+                              "use 96 or 192"),
     "size unfit for unetplusplus": (["model.architectures=[unetplusplus, deeplabv3plus]", "data.image_size=80"],
                                     "unetplusplus and deeplabv3plus need an input size that is a multiple of 32 (16 for "
                                     "deeplabv3plus, 32 for unetplusplus); data.image_size=80: use 64 or 96"),
