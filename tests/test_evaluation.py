@@ -107,3 +107,33 @@ def test_prediction_pngs_are_capped_to_the_first_ones_and_the_best_and_worst(tmp
     assert sorted(p.stem for p in tmp_path.iterdir()) == sorted(saved)
     assert np.asarray(Image.open(tmp_path / "im14.png"))[0, 0] == 14  # each file holds its own image's labels
     assert len(saver.best) == len(saver.worst) == 2  # no more label maps held than that
+
+
+def _report(per_model: dict) -> "Metrics":
+    """A metrics record of models given as {name: ({class: test IoU}, {option: test mean IoU}, chosen option)}."""
+    from seglab.records import Metrics, ModelScores
+
+    classes = list(next(iter(per_model.values()))[0])
+    models = {}
+    for name, (ious, options, chosen) in per_model.items():
+        none = dict.fromkeys(classes)
+        models[name] = ModelScores(float(np.mean(list(ious.values()))), 0, 0, 0, ious, none, none, none, [],
+                                   selected_on_val={"name": chosen},
+                                   variants={o: {"val_mean_iou": v, "test_mean_iou": v} for o, v in options.items()})
+    return Metrics("test", "original", classes, models)
+
+
+def test_a_class_under_half_the_mean_is_named_and_none_otherwise():
+    fine = {"background": 0.99, "disc": 0.9, "speck": 0.6}
+    lost = {"background": 0.99, "disc": 0.9, "speck": 0.2}
+    report = _report({"unet": (fine, {"plain": 0.8}, "plain"), "fpn": (lost, {"plain": 0.7}, "plain")})
+    sentence = evaluation.weak_classes(report)
+    assert "fpn's speck (0.20 against a mean of 0.70)" in sentence and "unet" not in sentence
+    assert "no model misses a class" in evaluation.weak_classes(_report({"unet": (fine, {"plain": 0.8}, "plain")}))
+
+
+def test_the_options_table_bolds_the_choice_and_says_what_costs_most():
+    options = {"plain": 0.94, "tta": 0.95, "remove<16": 0.72}
+    table = evaluation.options_markdown(_report({"unet": ({"a": 0.9, "b": 0.9}, options, "tta")}))
+    assert "| tta | **0.950** |" in table and "| remove<16 | 0.720 |" in table
+    assert "The costliest option is remove<16: it takes unet from 0.94 to 0.72" in table
