@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 import time
 
-from seglab.backend import keras
+
+from seglab.backend import keras, tf
 
 
 class CosineDecay(keras.callbacks.Callback):
@@ -83,11 +84,16 @@ class EpochLine(keras.callbacks.Callback):
 
 class EpochPredictions(keras.callbacks.Callback):
     """The model's prediction for one validation image after every epoch, to watch it learn (TensorFlow's
-    segmentation tutorial's ``DisplayCallback``); ``predictions`` holds the label maps."""
+    segmentation tutorial's ``DisplayCallback``); ``predictions`` holds the label maps.
+
+    On a training cluster it watches nothing: reading the model there is a collective step (its batch-norm
+    statistics are summed over the workers) that the other workers, which do not run this callback, never join."""
 
     def __init__(self, image):
         super().__init__()
         self.image, self.predictions = image, []
 
     def on_epoch_end(self, epoch, logs=None):
+        if isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return
         self.predictions.append(self.model.predict_on_batch(self.image[None])[0].argmax(-1).astype("uint8"))

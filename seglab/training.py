@@ -134,6 +134,13 @@ def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tupl
     return paths, resumed
 
 
+def verbosity(cfg) -> int:
+    """``model.fit``'s verbose: 0 beside :class:`EpochLine`, which prints one line per epoch; on a cluster Keras'
+    own line per epoch (2), since with EpochLine and verbose 0 the workers' collective steps went out of step
+    (tests/test_multi_worker.py)."""
+    return 2 if cfg.train.strategy == "multi_worker" else 0
+
+
 def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=(), log=print) -> list:
     """Keras' callbacks for one training, in the order they run."""
     best_so_far = max((row[MONITOR] for row in _logged_epochs(paths["log"])), default=None)
@@ -146,7 +153,7 @@ def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=(), l
         *([keras.callbacks.CSVLogger(str(paths["log"]), append=True)] if chief else []),
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
         *([TimeBudget(train.time_budget_minutes)] if train.time_budget_minutes else []),
-        EpochLine(arch, train.epochs, log),  # one line per epoch, instead of Keras' progress bars
+        *([EpochLine(arch, train.epochs, log)] if train.strategy != "multi_worker" else []),  # see train_model
         *extra,
     ]
 
@@ -213,7 +220,7 @@ def train_model(arch: str, cfg, step: Step, class_weights, strategy=None, extra_
     log(f"{arch}: {model.count_params():,} parameters; callbacks " + ", ".join(type(c).__name__ for c in setup.callbacks))
     start = time.perf_counter()
     model.fit(setup.train, validation_data=setup.val, epochs=cfg.train.epochs,
-              steps_per_epoch=cfg.train.steps_per_epoch, callbacks=setup.callbacks, verbose=0)
+              steps_per_epoch=cfg.train.steps_per_epoch, callbacks=setup.callbacks, verbose=verbosity(cfg))
     return finish(model, setup, step, time.perf_counter() - start)
 
 

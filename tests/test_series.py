@@ -72,7 +72,7 @@ def test_step_00_and_01_hand_over_their_artifacts(series_run):
     assert len(shards) == 5  # one file per split and kind here, not one per image
     assert manifest.steps["data"].config["data"]["image_size"] == 96  # the override reached the notebook
     assert manifest.steps["data"].inputs == {}  # 01 checks that 00 ran, and reads nothing of it
-    for figure in ("01_class_pixel_share", "01_training_samples", "01_augmented_batch"):
+    for figure in ("01_class_pixel_share", "01_training_samples", "01_augmentation"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
 
 
@@ -106,7 +106,8 @@ def test_step_02_and_03_hand_over_weights_and_models(series_run):
         assert len(history.epochs) == 2 and history.summary == s
         assert run.read(ModelCard, arch).classes == ["background", "disc", "bar", "speck"]
     assert any((run_dir / "tensorboard" / "unet").rglob("events.out.tfevents.*"))
-    assert (run_dir / "figures" / "03_training_curves.png").exists()
+    for figure in ("03_training_curves", "03_learning_rate", "03_epoch_by_epoch"):
+        assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000, figure
 
 
 def test_step_04_and_05_write_metrics_predictions_and_figures(series_run):
@@ -184,6 +185,8 @@ def test_step_06_segments_held_out_images_and_a_large_demo_scene(series_run):
     from PIL import Image
 
     assert Image.open(out / "large_scene_mask.png").size == (96 * 8, 96 * 8)
+    for figure in ("06_predictions", "06_sliding_windows", "06_zoomed"):
+        assert steps["inference"].outputs[f"figures/{figure}.png"].size > 1000, figure  # recorded, as written
 
 
 def test_step_07_exports_that_agree_with_the_trained_model(series_run):
@@ -290,7 +293,7 @@ def test_the_series_runs_on_four_band_16bit_images(bands_run):
         np.testing.assert_array_equal(kept, readers.read_image(root / "images" / f"{stem}.tif"))
     out = run_dir / "inference" / "output"
     assert {f"{stem}_overlay.png" for stem in test_ids} <= {p.name for p in out.iterdir()}
-    for name in ("01_training_samples", "01_augmented_batch", "05_predictions_unet", "06_predictions"):
+    for name in ("01_training_samples", "01_augmentation", "05_predictions_unet", "06_predictions"):
         assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000
     exported = ExportCard.load(run_dir / "export" / ExportCard.where("unet")).input
     assert exported["dtype"] == "uint16" and exported["shape"] == [None, 64, 64, 4]
