@@ -3,9 +3,12 @@
 Every model is built as notebook 03 builds it (``models.build_model``) and compiled with the
 series' loss and metric; each trains on the same random batches in memory (no input pipeline),
 after a warm-up that traces the step. The best of ``--rounds`` rounds counts. FPN is measured
-with segmentation_models' two ways of merging its pyramid (``pyramid_aggregation``).
+with segmentation_models' two ways of merging its pyramid (``pyramid_aggregation``) and at two widths
+(``pyramid_block_filters``): ``fpn:sum:128``.
 
     python bench/architecture_cost.py [--size 96] [--batch 8] [--steps 10] [--rounds 3] [--backbone resnet18]
+
+Precision is compared on the real pipeline instead, by ``bench/overhead.py --set train.mixed_precision=...``.
 """
 import argparse
 import time
@@ -17,13 +20,21 @@ from seglab import losses, metrics, models
 from seglab.backend import keras, sm
 
 
-def build(arch: str, args, fpn_aggregation: str | None = None):
+def build(arch: str, args, fpn: dict):
+    """``fpn``: segmentation_models' own FPN arguments, in place of the ones seglab passes."""
     spec = models.ModelSpec(arch, args.backbone, 4, args.size)
-    if fpn_aggregation is None:
+    if not fpn:
         return models.build_model(spec)
     real = sm.FPN
-    with mock.patch.dict(models.SM_MODELS, {"fpn": lambda *a, **k: real(*a, **{**k, "pyramid_aggregation": fpn_aggregation})}):
+    with mock.patch.dict(models.SM_MODELS, {"fpn": lambda *a, **k: real(*a, **{**k, **fpn})}):
         return models.build_model(spec)
+
+
+def fpn_arguments(name: str) -> dict:
+    """``fpn:concat`` or ``fpn:sum:128``: the pyramid's aggregation, then its filters."""
+    _, aggregation, filters = (name.split(":") + ["", ""])[:3]
+    return {**({"pyramid_aggregation": aggregation} if aggregation else {}),
+            **({"pyramid_block_filters": int(filters)} if filters else {})}
 
 
 def seconds_per_step(model, x, y, steps: int) -> float:
@@ -39,16 +50,15 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--archs", nargs="+", default=["unet", "fpn:concat", "fpn:sum", "pspnet", "linknet",
-                                                        "unetplusplus", "deeplabv3plus"])
+    parser.add_argument("--archs", nargs="+", default=["unet", "fpn:concat", "fpn:sum:256", "fpn:sum:128", "pspnet",
+                                                        "linknet", "unetplusplus", "deeplabv3plus"])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch * args.steps, args.size, args.size, 3)).astype(np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 4, (len(x), args.size, args.size)), 4)
     built = {}
     for name in args.archs:
-        arch, _, aggregation = name.partition(":")
-        model = build(arch, args, aggregation or None)
+        model = build(name.split(":")[0], args, fpn_arguments(name))
         model.compile(keras.optimizers.Adam(1e-3), losses.make_loss("dice+focal", [1.0] * 4), metrics=[metrics.MeanIoU(4)])
         model.fit(x[: args.batch * 2], y[: args.batch * 2], batch_size=args.batch, epochs=1, verbose=0)  # trace
         built[name] = model

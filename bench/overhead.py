@@ -5,7 +5,8 @@ backup, the checkpoint, validation) on a run folder where notebooks 00 to 02 hav
 times every training step with a callback: the steps' share of ``model.fit``'s wall time
 is what the model learns from; the rest is validation, the training-state backup, the
 checkpoint, logging and input waits between steps. Prints one table row per epoch and the
-totals.
+totals. Training runs in the precision notebook 03 would use (``train.mixed_precision``), so
+``--set train.mixed_precision=float32`` against ``bfloat16`` compares the two on the real pipeline.
 
     python bench/overhead.py [--config configs/demo.yaml] [--arch unet] [--epochs 5] [--set KEY=VALUE ...]
 
@@ -16,7 +17,7 @@ import argparse
 import shutil
 import time
 
-from seglab import training
+from seglab import devices, training
 from seglab.backend import keras
 from seglab.config import load_config
 from seglab.rundir import RunDir
@@ -64,12 +65,13 @@ def main():
     cfg = load_config(args.config, [f"train.epochs={args.epochs}", *args.overrides])
     run = copy_inputs(cfg, f"{cfg.run_dir}/bench_overhead")
     step, weights = training.begin(run, cfg)
+    policy = devices.set_precision(cfg.train.mixed_precision)  # time what notebook 03 would run
     clock = StepClock()
     start = time.perf_counter()
     summary = training.train_model(args.arch, cfg, step, weights.weights, extra_callbacks=[clock],
                                    log=lambda line: None)
     fit = time.perf_counter() - start
-    print(f"{args.arch} ({cfg.model.backbone}), {summary.epochs} epochs, batch {summary.global_batch_size}")
+    print(f"{args.arch} ({cfg.model.backbone}), {summary.epochs} epochs, batch {summary.global_batch_size}, {policy}")
     print("| epoch | steps | in steps, s | epoch, s | outside steps |")
     print("|---|---|---|---|---|")
     for e in clock.epochs:

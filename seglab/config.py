@@ -118,6 +118,9 @@ class ModelConfig:
                                                                                    _close_backbones))
     encoder_weights: Optional[str] = setting(None, "imagenet: pretrained encoder (downloaded); null: random init")
     pspnet_downsample_factor: int = setting(8, "PSPNet's encoder stride: 4, 8 or 16", one_of(4, 8, 16))
+    fpn_pyramid_filters: int = setting(256, "FPN's pyramid width (segmentation_models' pyramid_block_filters; the "
+                                            "head at half the input's side has half as many); 128 trains as fast as "
+                                            "U-Net", one_of(64, 128, 256, 512))
     batchnorm_momentum: float = setting(0.9, "how fast batch normalisation's statistics follow the batches (Keras' "
                                              "own 0.99 predicts one class for the first hundred steps)",
                                         Check(lambda v: 0 <= v < 1, "a number in [0, 1), such as 0.9"))
@@ -134,8 +137,8 @@ class TrainConfig:
                         one_of("dice", "dice+focal", "dice+crossentropy"))
     strategy: str = setting("auto", "tf.distribute strategy: auto, one device, all GPUs (or CPUs), or a cluster "
                                     "named by TF_CONFIG", one_of("auto", "default", "mirrored", "multi_worker"))
-    mixed_precision: str = setting("auto", "float16 compute: on a GPU (auto), always, or never",
-                                   one_of("auto", "on", "off"))
+    mixed_precision: str = setting("auto", "16-bit compute, float32 weights; auto: float16 on a GPU, bfloat16 on a "
+                                           "CPU with AMX, else float32", one_of("auto", "float16", "bfloat16", "float32"))
     steps_per_epoch: Optional[int] = setting(None, "batches per epoch; null: the whole training split",
                                              Check(lambda v: v > 0, "a positive integer, or null for the whole "
                                                                     "training split"))

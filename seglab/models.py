@@ -33,6 +33,7 @@ class ModelSpec:
     channels: int = 3
     encoder_weights: str | None = None  # "imagenet" downloads the encoder's pretrained weights
     pspnet_downsample_factor: int = 8
+    fpn_pyramid_filters: int = 256
     batchnorm_momentum: float = 0.9
     adapter: bool | None = None  # a learned 1x1 convolution to 3 channels; None: when pretrained weights need it
 
@@ -40,7 +41,8 @@ class ModelSpec:
     def of(cls, arch: str, cfg, dataset) -> "ModelSpec":
         """The spec of ``arch`` under ``cfg`` for the dataset record ``dataset``."""
         return cls(arch, cfg.model.backbone, len(dataset.classes), dataset.image_size, dataset.images.channels,
-                   cfg.model.encoder_weights, cfg.model.pspnet_downsample_factor, cfg.model.batchnorm_momentum)
+                   cfg.model.encoder_weights, cfg.model.pspnet_downsample_factor, cfg.model.fpn_pyramid_filters,
+                   cfg.model.batchnorm_momentum)
 
 
 def needs_adapter(channels: int, encoder_weights) -> bool:
@@ -61,7 +63,7 @@ def _base(spec: ModelSpec, shape: tuple, weights):
     """The network without its softmax: logits at the input's size."""
     if spec.arch in architectures.BUILDERS:
         return architectures.BUILDERS[spec.arch](spec.backbone, shape, spec.classes, weights)
-    extra = {"fpn": {"pyramid_aggregation": FPN_AGGREGATION},
+    extra = {"fpn": {"pyramid_aggregation": FPN_AGGREGATION, "pyramid_block_filters": spec.fpn_pyramid_filters},
              "pspnet": {"downsample_factor": spec.pspnet_downsample_factor}}.get(spec.arch, {})
     return SM_MODELS[spec.arch](spec.backbone, input_shape=shape, classes=spec.classes, activation=None,
                                 encoder_weights=weights, **extra)

@@ -1,10 +1,12 @@
 """UNet++ and DeepLabV3+ through the one builder, on segmentation_models' encoders."""
+import types
+
 import numpy as np
 import pytest
 
 from seglab import losses, models
 from seglab.backend import keras
-from seglab.config import ConfigError
+from seglab.config import ConfigError, load_config
 
 SIZES = {"unetplusplus": 64, "deeplabv3plus": 48}  # 48: DeepLabV3+ needs only a multiple of 16
 
@@ -59,6 +61,14 @@ def test_fpn_sums_its_pyramid_rather_than_concatenating_it():
     merged = model.get_layer("aggregation_sum")
     assert len(merged.input) == 4 and merged.output.shape[-1] == 128
     assert "aggregation_concat" not in {layer.name for layer in model.layers}
+
+
+def test_fpn_takes_its_pyramid_width_from_the_config():
+    """model.fpn_pyramid_filters reaches segmentation_models: the head has half the pyramid's filters."""
+    cfg = load_config("demo", ["model.fpn_pyramid_filters=64"])
+    dataset = types.SimpleNamespace(classes=["a", "b", "c"], image_size=64, images=types.SimpleNamespace(channels=3))
+    model = models.build_model(models.ModelSpec.of("fpn", cfg, dataset))
+    assert model.get_layer("aggregation_sum").output.shape[-1] == 32
 
 
 @pytest.mark.parametrize("arch, size, message", [

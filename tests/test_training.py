@@ -49,14 +49,41 @@ def test_batchnorm_statistics_follow_the_data_within_a_few_dozen_steps(arch):
     assert np.all(first.moving_mean.numpy() > 90)  # 100 * (1 - 0.9 ** 30) = 95.8
 
 
+@pytest.mark.parametrize("gpu, amx, policy", [(True, True, "mixed_float16"), (False, True, "mixed_bfloat16"),
+                                               (False, False, "float32")])
+def test_auto_precision_is_float16_on_a_gpu_bfloat16_on_a_cpu_with_amx_else_float32(monkeypatch, gpu, amx, policy):
+    monkeypatch.setattr(devices.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if gpu else [])
+    monkeypatch.setattr(devices, "cpu_has_bfloat16_units", lambda: amx)
+    try:
+        assert devices.set_precision("auto") == policy
+        assert keras.mixed_precision.global_policy().name == policy
+    finally:
+        devices.set_precision("float32")
+
+
+def test_bfloat16_units_are_read_from_the_cpu_flags_and_need_onednn(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    real_path = devices.Path
+    monkeypatch.setattr(devices, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n")  # bfloat16 instructions, no AMX_BF16
+    assert not devices.cpu_has_bfloat16_units()
+    cpuinfo.write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert devices.cpu_has_bfloat16_units()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert not devices.cpu_has_bfloat16_units()
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    cpuinfo.unlink()
+    assert not devices.cpu_has_bfloat16_units()
+
+
 def test_mixed_precision_keeps_the_output_in_float32():
     try:
-        assert devices.set_precision("on") == "mixed_float16"
+        assert devices.set_precision("float16") == "mixed_float16"
         model = models.build_model(ModelSpec("unet", "resnet18", 3, 32))
         assert model.layers[-2].compute_dtype == "float16"
         assert model.output.dtype == tf.float32
     finally:
-        devices.set_precision("off")
+        devices.set_precision("float32")
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
@@ -219,10 +246,10 @@ def test_a_model_trained_in_mixed_precision_is_exported_in_float32(prepared):
     cfg, run, weights = prepared
     cfg.train.epochs, cfg.train.steps_per_epoch = 1, 1
     try:
-        devices.set_precision("on")
+        devices.set_precision("float16")
         summary = train(cfg, run, weights)
     finally:
-        devices.set_precision("off")
+        devices.set_precision("float32")
     assert summary.precision == "mixed_float16"
     model = models.load_model(run.path(summary.model))
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
@@ -364,3 +391,13 @@ def test_training_reads_random_crops_with_rare_classes_forced_into_each_batch(ma
     assert "CosineDecay" in names and not {"EarlyStopping", "ReduceLROnPlateau"} & set(names)  # one schedule, always
     for _, y in setup.train.take(3):
         assert y.shape == (4, 32, 32, 4) and y.numpy()[..., 3].any(axis=(1, 2)).sum() >= 2
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_gpu_check_says_when_a_cpu_trains_in_bfloat16(monkeypatch, amx):
+    from seglab import gpu_check
+    monkeypatch.setattr(devices, "cpu_has_bfloat16_units", lambda: amx)
+    report = gpu_check.environment_report()
+    if report.accelerator != "CPU":
+        pytest.skip("a machine with an accelerator")
+    assert ("mixed_bfloat16" in gpu_check.advice(report)) == amx
