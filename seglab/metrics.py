@@ -11,6 +11,7 @@ import numpy as np
 
 from seglab.backend import keras, tf
 from seglab.readers import IGNORE
+from seglab.records import class_key
 
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
@@ -73,11 +74,15 @@ class MeanIoU(keras.metrics.Metric):
     batches and scores a class absent from a batch as about 1; choosing checkpoints by it
     need not choose the model with the best reported score. Ignored pixels (all-zero
     one-hot rows) are left out; the mean is over classes present in the truth.
+
+    With ``class_names`` the result is a dict that Keras logs key by key: ``mean_iou`` and each
+    class's IoU (:func:`class_key`; 0 for a class absent from the epoch's truth), so the history
+    shows a class that is never learned.
     """
 
-    def __init__(self, num_classes: int, name: str = "mean_iou", **kwargs):
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, name: str = "mean_iou", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.num_classes = num_classes
+        self.num_classes, self.class_names = num_classes, list(class_names) if class_names else None
         self.confusion = self.add_weight("confusion", shape=(num_classes, num_classes), initializer="zeros",
                                          dtype=tf.float64)
 
@@ -92,11 +97,14 @@ class MeanIoU(keras.metrics.Metric):
         truth, predicted = tf.reduce_sum(self.confusion, 1), tf.reduce_sum(self.confusion, 0)
         iou = tf.math.divide_no_nan(tp, truth + predicted - tp)
         present = truth > 0
-        return tf.math.divide_no_nan(tf.reduce_sum(tf.boolean_mask(iou, present)),
+        mean = tf.math.divide_no_nan(tf.reduce_sum(tf.boolean_mask(iou, present)),
                                      tf.cast(tf.math.count_nonzero(present), tf.float64))
+        if not self.class_names:
+            return mean
+        return {self.name: mean, **{class_key(n): iou[i] for i, n in enumerate(self.class_names)}}
 
     def reset_state(self):
         self.confusion.assign(tf.zeros_like(self.confusion))
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}
+        return {**super().get_config(), "num_classes": self.num_classes, "class_names": self.class_names}

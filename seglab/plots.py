@@ -11,6 +11,7 @@ from matplotlib.patches import Patch
 
 from seglab.atomic import save_figure
 from seglab.readers import IGNORE, stretch
+from seglab.records import class_key
 
 IGNORE_COLOR = [128, 128, 128]  # neutral grey for pixels the labels leave out
 
@@ -95,6 +96,24 @@ def curves_figure(histories: dict):
         iou_ax.set(title=arch, ylim=(0, 1))
         loss_ax.set_xlabel("epoch")
     axes[0, 0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def class_iou_figure(histories: dict, classes: list):
+    """Per architecture, each class's validation IoU after every epoch and the mean (black, dashed): a class whose
+    line stays near 0 is not being learned. ``classes`` names them as the histories' keys do (``metrics.class_key``)."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(3.2 * len(histories), 2.9), squeeze=False, sharey=True)
+    for ax, (arch, history) in zip(axes[0], histories.items()):
+        x = [int(e["epoch"]) + 1 for e in history.epochs]
+        for i, name in enumerate(classes):
+            key = f"val_{class_key(name)}"
+            if all(key in e for e in history.epochs):  # a history from before per-class logging has none
+                ax.plot(x, [e[key] for e in history.epochs], color=f"C{i % 10}", label=name)
+        ax.plot(x, [e["val_mean_iou"] for e in history.epochs], "--", color="black", label="mean")
+        ax.set(title=arch, xlabel="epoch", ylim=(0, 1))
+    axes[0, 0].set_ylabel("validation IoU")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -13,6 +13,7 @@ beside ``ARCH.keras``), ``history/ARCH.json``, ``training.json`` and ``train_sta
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -230,6 +231,12 @@ class TrainingSummary:
     global_batch_size: int
     precision: str
     best_val_mean_iou: Optional[float]
+
+
+def class_key(name: str) -> str:
+    """The key of a class's IoU in a history's epochs (``val_`` before it for validation): ``iou_`` and the class
+    name with every run of non-word characters as ``_``."""
+    return "iou_" + re.sub(r"\W+", "_", name).strip("_")
 
 
 @dataclass

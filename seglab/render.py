@@ -32,7 +32,7 @@ REPO = NOTEBOOK_DIR.parent
 NOISE = re.compile(r"^(WARNING: All log messages before absl|INFO: Created TensorFlow Lite XNNPACK delegate|[IWE]\d{4} \d\d:\d\d:\d\d|.*(\d+|\?)(it/s|s/it)\]|.*\|[█▏▎▍▌▋▊▉ ]*\| )")
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/(?!content/)[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 README_FIGURES = ("05_predictions_unet", "05_per_class_iou", "05_confusion_matrices", "03_training_curves",
-                  "03_learning_rate", "03_epoch_by_epoch", "01_augmentation", "06_sliding_windows", "06_zoomed")
+                  "03_learning_rate", "03_epoch_by_epoch", "03_class_iou", "01_augmentation", "06_sliding_windows", "06_zoomed")
 MAX_WIDTH = 900
 
 

@@ -216,7 +216,7 @@ def train_model(arch: str, cfg, step: Step, class_weights, strategy=None, extra_
         model = models.build_model(setup.spec, log=log)
         model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
                       loss=losses.make_loss(cfg.train.loss, class_weights),
-                      metrics=[metrics.MeanIoU(setup.spec.classes)])
+                      metrics=[metrics.MeanIoU(setup.spec.classes, setup.card.classes)])
     log(f"{arch}: {model.count_params():,} parameters; callbacks " + ", ".join(type(c).__name__ for c in setup.callbacks))
     start = time.perf_counter()
     model.fit(setup.train, validation_data=setup.val, epochs=cfg.train.epochs,

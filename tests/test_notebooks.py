@@ -81,7 +81,7 @@ def test_the_readme_shows_the_figures_a_learner_looks_for():
 
     readme = (render.REPO / "README.md").read_text()
     for name in ("01_augmentation", "03_learning_rate", "03_epoch_by_epoch", "06_sliding_windows", "06_zoomed",
-                 "05_confusion_matrices", "03_training_curves"):
+                 "05_confusion_matrices", "03_training_curves", "03_class_iou"):
         assert name in render.README_FIGURES
     for name in render.README_FIGURES:
         assert (render.NOTEBOOK_DIR / "figures" / f"{name}.png").stat().st_size > 1000, name

@@ -104,9 +104,10 @@ def test_step_02_and_03_hand_over_weights_and_models(series_run):
         assert s.epochs == 2 and 0 <= s.best_val_mean_iou <= 1
         history = run.read(History, arch)
         assert len(history.epochs) == 2 and history.summary == s
+        assert {"val_iou_background", "val_iou_speck"} <= set(history.epochs[0])  # per-class IoU, every epoch
         assert run.read(ModelCard, arch).classes == ["background", "disc", "bar", "speck"]
     assert any((run_dir / "tensorboard" / "unet").rglob("events.out.tfevents.*"))
-    for figure in ("03_training_curves", "03_learning_rate", "03_epoch_by_epoch"):
+    for figure in ("03_training_curves", "03_learning_rate", "03_epoch_by_epoch", "03_class_iou"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000, figure
 
 

@@ -302,6 +302,21 @@ def test_the_training_metric_is_the_dataset_level_mean_iou_of_notebook_04():
     np.testing.assert_allclose(float(metric.result()), expected, rtol=1e-9)
 
 
+def test_with_class_names_the_training_metric_logs_each_classs_iou_as_notebook_04_scores_it():
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 3, (4, 10, 10))
+    prediction = rng.dirichlet(np.ones(3), (4, 10, 10)).astype(np.float32)
+    metric = metrics.MeanIoU(3, ["background", "deep grey", "speck"])
+    metric.update_state(_one_hot(truth, 3), prediction)
+    result = {k: float(v) for k, v in metric.result().items()}
+    expected = metrics.scores(metrics.confusion_matrix(truth, prediction.argmax(-1), 3),
+                              ["background", "deep grey", "speck"])
+    assert list(result) == ["mean_iou", "iou_background", "iou_deep_grey", "iou_speck"]
+    np.testing.assert_allclose(result["mean_iou"], expected["mean_iou"], rtol=1e-9)
+    for name, key in (("background", "iou_background"), ("deep grey", "iou_deep_grey"), ("speck", "iou_speck")):
+        np.testing.assert_allclose(result[key], expected["per_class_iou"][name], rtol=1e-9)
+
+
 TWO_REPLICAS = """
 import sys
 from seglab.backend import tf
