@@ -72,14 +72,16 @@ def local_cache(run_root: str | Path) -> Path | None:
 
 
 SETUP_DOC = """\
-**Set-up.** On Colab the next cell mounts Google Drive and installs seglab with segmentation_models and the \
-`tf-keras` that matches Colab's own TensorFlow; elsewhere it does nothing. Each notebook runs in its own Colab \
-runtime, whose disk is gone when it ends, so the run folder lives on Drive (`MyDrive/seglab/runs/<config>`). Run \
-again or after *Restart session*, it installs nothing twice. On a T4 runtime it prints:
+**Set-up.** On Colab the next cell mounts Google Drive and installs seglab; `seglab.colab.setup_runtime` then \
+adds segmentation_models and the `tf-keras` that matches Colab's own TensorFlow. Elsewhere it does nothing. Each \
+notebook runs in its own Colab runtime, whose disk is gone when it ends, so the run folder lives on Drive \
+(`MyDrive/seglab/runs/<config>`). Run again or after *Restart session*, it installs nothing twice. On a T4 \
+runtime it prints:
 
 ```
 Mounted at /content/drive
-Installing seglab from git+https://github.com/OWNER/REPO@main, segmentation-models 1.0.1 and tf-keras 2.20 ...
+Installing seglab from git+https://github.com/OWNER/REPO@main ...
+Installing segmentation-models 1.0.1 and tf-keras 2.20 ...
 seglab 0.1.0, TensorFlow 2.20.0, tf-keras 2.20.1, segmentation-models 1.0.1; GPU runtime; runs in MyDrive/seglab/runs.
 ```"""
 
@@ -95,49 +97,73 @@ run_dir = None  # None: on Colab MyDrive/seglab/runs/<config name>, elsewhere th
 
 _SETUP_CELL = '''\
 #@title Set-up on Colab: mount Drive, install seglab (elsewhere: nothing) {{ display-mode: "form" }}
-# Generated from seglab/colab.py by `make cells`; the code is folded on Colab.
+# Generated from seglab/colab.py by `make cells`: this installs seglab alone, seglab.colab.setup_runtime the rest.
 SEGLAB_SOURCE = "{source}"  # pip address of this project
 DRIVE_FOLDER = "{folder}"  # or copy the project folder to Google Drive as MyDrive/{folder}; runs go to its runs/
-
-
-def _seglab_setup(source, folder):
-    import importlib, importlib.util, importlib.metadata as metadata, os, shutil, subprocess, sys
-    def version(name):
-        return {{(d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in metadata.distributions()}}.get(name)
+import importlib.util, os, shutil, subprocess, sys
+if importlib.util.find_spec("seglab") is None:  # a new Colab runtime
     if "google.colab" not in sys.modules:
-        if importlib.util.find_spec("seglab") is None:
-            raise RuntimeError("seglab is not installed for this kernel: run `make lab`, or `pip install -e .` in the kernel's environment.")
-        return print(f"Not on Colab: nothing to set up (seglab {{version('seglab')}} in this kernel's environment).")
-    if not os.path.isdir("/content/drive/MyDrive"):
-        from google.colab import drive
-        drive.mount("/content/drive")  # run folders live on Drive, which outlives this runtime
-    if version("tensorflow") is None:
-        raise RuntimeError("This runtime has no TensorFlow (Colab's TPU runtimes ship none): choose a GPU (T4) or CPU runtime under Runtime > Change runtime type.")
-    tf_minor, project = ".".join(version("tensorflow").split(".")[:2]), f"/content/drive/MyDrive/{{folder}}"
-    if version("seglab") and version("segmentation-models") and (version("tf-keras") or "").startswith(tf_minor + "."):
-        print(f"seglab {{version('seglab')}} is already installed in this runtime.")
+        raise RuntimeError("seglab is not installed for this kernel: run `make lab`, or `pip install -e .` in the kernel's environment.")
+    from google.colab import drive
+    drive.mount("/content/drive")  # where the runs go, and perhaps the project folder
+    source, project = SEGLAB_SOURCE, f"/content/drive/MyDrive/{{DRIVE_FOLDER}}"
+    if os.path.isfile(f"{{project}}/pyproject.toml"):  # pip builds inside the folder: a local copy, not Drive
+        print(f"Installing seglab from the project folder on Drive, MyDrive/{{DRIVE_FOLDER}} ...")
+        source = shutil.copytree(project, "/content/seglab_src", dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs", "data", ".git", ".venv*", "__pycache__"))
+    elif "{placeholder}" in source:
+        raise RuntimeError(f"No install source: set SEGLAB_SOURCE above to this project's pip address (git+https://github.com/<owner>/<name>), or copy the project folder to Google Drive as MyDrive/{{DRIVE_FOLDER}}.")
     else:
-        if os.path.isfile(f"{{project}}/pyproject.toml"):  # pip builds inside the folder: a local copy, not Drive
-            target, where = "/content/seglab_src", f"the project folder on Drive, MyDrive/{{folder}}"
-            shutil.copytree(project, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs", "data", ".git", ".venv*", "__pycache__"))
-        elif "{placeholder}" not in source:
-            target, where = source, source
-        else:
-            raise RuntimeError(f"No install source: set SEGLAB_SOURCE above to this project's pip address (git+https://github.com/<owner>/<name>), or copy the project folder to Google Drive as MyDrive/{{folder}}.")
-        print(f"Installing seglab from {{where}}, segmentation-models 1.0.1 and tf-keras {{tf_minor}} ...")
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", target, f"tf-keras~={{tf_minor}}.0", "segmentation-models==1.0.1"], capture_output=True, text=True)
-        if pip.returncode:
-            print(pip.stdout, pip.stderr, sep="\\n")
-            raise RuntimeError(f"pip could not install seglab from {{where}} (exit code {{pip.returncode}}); its message is above.")
-        importlib.invalidate_caches()
-    gpu = "GPU" if shutil.which("nvidia-smi") else "CPU"
-    print(f"seglab {{version('seglab')}}, TensorFlow {{version('tensorflow')}}, tf-keras {{version('tf-keras')}}, segmentation-models {{version('segmentation-models')}}; {{gpu}} runtime; runs in MyDrive/{{folder}}/runs.")
-    if gpu == "CPU":
-        print('No GPU: the "colab_t4" config takes hours on a CPU; pick a T4 under Runtime > Change runtime type, or set config_path = "demo" below.')
+        print(f"Installing seglab from {{source}} ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source], check=True)
+    importlib.invalidate_caches()
+from seglab.colab import setup_runtime
 
-_seglab_setup(SEGLAB_SOURCE, DRIVE_FOLDER)'''
+setup_runtime(DRIVE_FOLDER)'''
 
 
 def setup_cell(source: str | None = None) -> str:
     """The first code cell of every notebook; plain Python, for it runs before seglab is installed."""
     return _SETUP_CELL.format(source=source or install_source(), folder=DRIVE_FOLDER, placeholder=PLACEHOLDER)
+
+
+def installed(name: str) -> str | None:
+    """The installed version of a distribution, by its normalised name (``tf-keras``), or None."""
+    from importlib import metadata
+    versions = {(d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in metadata.distributions()}
+    return versions.get(name)
+
+
+def _pip_install(*requirements: str) -> None:
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *requirements], capture_output=True, text=True)
+    if pip.returncode:
+        print(pip.stdout, pip.stderr, sep="\n")
+        raise RuntimeError(f"pip could not install {' '.join(requirements)} (exit code {pip.returncode}); its message "
+                           "is above.")
+
+
+def setup_runtime(folder: str = DRIVE_FOLDER, log=print) -> None:
+    """The set-up cell's work once seglab is installed: on Colab, Drive mounted, segmentation_models and the
+    ``tf-keras`` of Colab's own TensorFlow minor version installed (Colab's TensorFlow is kept, never replaced),
+    and one line of versions; elsewhere, one line saying there is nothing to do."""
+    if not in_colab():
+        return log(f"Not on Colab: nothing to set up (seglab {installed('seglab')} in this kernel's environment).")
+    if not (DRIVE / "MyDrive").is_dir():  # a runtime where seglab was installed by hand
+        from google.colab import drive
+        drive.mount(str(DRIVE))
+    if installed("tensorflow") is None:
+        raise RuntimeError("This runtime has no TensorFlow (Colab's TPU runtimes ship none): choose a GPU (T4) or CPU "
+                           "runtime under Runtime > Change runtime type.")
+    tf_minor = ".".join(installed("tensorflow").split(".")[:2])
+    if installed("segmentation-models") and (installed("tf-keras") or "").startswith(tf_minor + "."):
+        log(f"seglab {installed('seglab')} is already installed in this runtime.")
+    else:
+        log(f"Installing segmentation-models 1.0.1 and tf-keras {tf_minor} ...")
+        _pip_install(f"tf-keras~={tf_minor}.0", "segmentation-models==1.0.1")
+    import shutil
+    gpu = "GPU" if shutil.which("nvidia-smi") else "CPU"
+    log(f"seglab {installed('seglab')}, TensorFlow {installed('tensorflow')}, tf-keras {installed('tf-keras')}, "
+        f"segmentation-models {installed('segmentation-models')}; {gpu} runtime; runs in MyDrive/{folder}/runs.")
+    if gpu == "CPU":
+        log('No GPU: the "colab_t4" config takes hours on a CPU; pick a T4 under Runtime > Change runtime type, or '
+            'set config_path = "demo" below.')

@@ -89,7 +89,65 @@ def test_the_set_up_cell_does_nothing_elsewhere_and_says_so_calmly():
 def test_the_set_up_cell_is_plain_python_without_shell_lines():
     source = colab.setup_cell()
     tree = ast.parse(source)  # no IPython syntax: a failing `!` line could not go on silently
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not any(name.startswith("seglab") for name in imported)  # it runs before seglab exists
+    seglab_imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                      and any(name.startswith("seglab") for name in
+                              [getattr(node, "module", None) or ""] + [alias.name for alias in node.names])]
+    assert [ast.unparse(node) for node in seglab_imports] == ["from seglab.colab import setup_runtime"]
+    install = source.index('"pip", "install"')  # seglab alone is installed by the cell, before it is imported
+    assert install < source.index("from seglab.colab import setup_runtime")
+    assert tree.body[-1].value.func.id == "setup_runtime"  # the rest of the work is the package's, tested below
     assert not any(line.lstrip().startswith(("!", "%")) for line in source.splitlines())
+    assert len(source.splitlines()) <= 25
+
+
+@pytest.fixture
+def fresh_runtime(on_colab, monkeypatch):
+    """A Colab runtime where seglab was just installed: Colab's TensorFlow, no segmentation_models yet, Drive
+    mounted by the cell; ``installs`` records what ``setup_runtime`` asks pip for."""
+    versions = {"seglab": "0.1.0", "tensorflow": "2.20.0", "tf-keras": None, "segmentation-models": None}
+    installs = []
+
+    def pip_install(*requirements):
+        installs.append(requirements)
+        versions.update({"tf-keras": "2.20.1", "segmentation-models": "1.0.1"})
+
+    monkeypatch.setattr(colab, "installed", versions.get)
+    monkeypatch.setattr(colab, "_pip_install", pip_install)
+    (on_colab / "drive" / "MyDrive").mkdir(parents=True)
+    return versions, installs
+
+
+def test_on_colab_the_runtime_gets_segmentation_models_and_the_tf_keras_of_its_own_tensorflow(fresh_runtime):
+    versions, installs = fresh_runtime
+    said = []
+    colab.setup_runtime("seglab", log=said.append)
+    assert installs == [("tf-keras~=2.20.0", "segmentation-models==1.0.1")]  # Colab's TensorFlow is kept
+    assert said[0] == "Installing segmentation-models 1.0.1 and tf-keras 2.20 ..."
+    assert said[1].startswith("seglab 0.1.0, TensorFlow 2.20.0, tf-keras 2.20.1, segmentation-models 1.0.1; ")
+    assert said[1].endswith(" runtime; runs in MyDrive/seglab/runs.")
+    said.clear()
+    colab.setup_runtime("seglab", log=said.append)  # run again, or after Restart session
+    assert len(installs) == 1 and said[0] == "seglab 0.1.0 is already installed in this runtime."
+
+
+def test_a_tf_keras_of_another_tensorflow_minor_is_replaced(fresh_runtime):
+    versions, installs = fresh_runtime
+    versions.update({"tf-keras": "2.19.0", "segmentation-models": "1.0.1"})  # Colab moved on to TensorFlow 2.20
+    colab.setup_runtime("seglab", log=lambda line: None)
+    assert installs == [("tf-keras~=2.20.0", "segmentation-models==1.0.1")]
+
+
+def test_a_runtime_without_tensorflow_stops_with_the_runtime_to_choose(fresh_runtime):
+    versions, installs = fresh_runtime
+    versions["tensorflow"] = None  # Colab's TPU runtimes
+    with pytest.raises(RuntimeError, match="choose a GPU \\(T4\\) or CPU runtime"):
+        colab.setup_runtime("seglab", log=lambda line: None)
+    assert installs == []
+
+
+def test_a_runtime_where_drive_is_not_mounted_mounts_it(fresh_runtime, on_colab):
+    (on_colab / "drive" / "MyDrive").rmdir()
+    mounted = []
+    sys.modules["google.colab"].drive = types.SimpleNamespace(mount=mounted.append)
+    colab.setup_runtime("seglab", log=lambda line: None)
+    assert mounted == [str(on_colab / "drive")]
