@@ -138,7 +138,7 @@ class TrainConfig:
     strategy: str = setting("auto", "tf.distribute strategy: auto, one device, all GPUs (or CPUs), or a cluster "
                                     "named by TF_CONFIG", one_of("auto", "default", "mirrored", "multi_worker"))
     mixed_precision: str = setting("auto", "16-bit compute, float32 weights; auto: float16 on a GPU, bfloat16 on a "
-                                           "CPU with AMX, else float32", one_of("auto", "float16", "bfloat16", "float32"))
+                                           "CPU that computes it natively (AMX or AVX512-BF16), else float32", one_of("auto", "float16", "bfloat16", "float32"))
     steps_per_epoch: Optional[int] = setting(None, "batches per epoch; null: the whole training split",
                                              Check(lambda v: v > 0, "a positive integer, or null for the whole "
                                                                     "training split"))

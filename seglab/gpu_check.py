@@ -26,7 +26,7 @@ def environment_report() -> Environment:
 
 def advice(report: Environment) -> str:
     if report.accelerator == "CPU":
-        units = (" This CPU has AMX bfloat16 units: training computes in bfloat16 (mixed_bfloat16), about 1.4 "
+        units = (" This CPU computes bfloat16 natively: training computes in bfloat16 (mixed_bfloat16), about 1.4 "
                  "times faster." if devices.cpu_has_bfloat16_units() else "")
         return ("No GPU found: training runs on the CPU. configs/demo.yaml is sized for that (minutes); "
                 "configs/colab_t4.yaml expects a GPU such as Colab's T4." + units)

@@ -49,11 +49,11 @@ def test_batchnorm_statistics_follow_the_data_within_a_few_dozen_steps(arch):
     assert np.all(first.moving_mean.numpy() > 90)  # 100 * (1 - 0.9 ** 30) = 95.8
 
 
-@pytest.mark.parametrize("gpu, amx, policy", [(True, True, "mixed_float16"), (False, True, "mixed_bfloat16"),
+@pytest.mark.parametrize("gpu, native, policy", [(True, True, "mixed_float16"), (False, True, "mixed_bfloat16"),
                                                (False, False, "float32")])
-def test_auto_precision_is_float16_on_a_gpu_bfloat16_on_a_cpu_with_amx_else_float32(monkeypatch, gpu, amx, policy):
+def test_auto_precision_is_float16_on_a_gpu_bfloat16_on_a_cpu_that_computes_it_else_float32(monkeypatch, gpu, native, policy):
     monkeypatch.setattr(devices.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if gpu else [])
-    monkeypatch.setattr(devices, "cpu_has_bfloat16_units", lambda: amx)
+    monkeypatch.setattr(devices, "cpu_has_bfloat16_units", lambda: native)
     try:
         assert devices.set_precision("auto") == policy
         assert keras.mixed_precision.global_policy().name == policy
@@ -65,9 +65,11 @@ def test_bfloat16_units_are_read_from_the_cpu_flags_and_need_onednn(monkeypatch,
     cpuinfo = tmp_path / "cpuinfo"
     real_path = devices.Path
     monkeypatch.setattr(devices, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
-    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n")  # bfloat16 instructions, no AMX_BF16
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_vnni amx_tile\n")  # AVX-512 and AMX tiles, no bfloat16
     assert not devices.cpu_has_bfloat16_units()
     cpuinfo.write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert devices.cpu_has_bfloat16_units()
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16\n")  # bfloat16 instructions, no AMX
     assert devices.cpu_has_bfloat16_units()
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert not devices.cpu_has_bfloat16_units()
@@ -408,11 +410,11 @@ def test_training_reads_random_crops_with_rare_classes_forced_into_each_batch(ma
         assert y.shape == (4, 32, 32, 4) and y.numpy()[..., 3].any(axis=(1, 2)).sum() >= 2
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_the_gpu_check_says_when_a_cpu_trains_in_bfloat16(monkeypatch, amx):
+@pytest.mark.parametrize("native", [True, False])
+def test_the_gpu_check_says_when_a_cpu_trains_in_bfloat16(monkeypatch, native):
     from seglab import gpu_check
-    monkeypatch.setattr(devices, "cpu_has_bfloat16_units", lambda: amx)
+    monkeypatch.setattr(devices, "cpu_has_bfloat16_units", lambda: native)
     report = gpu_check.environment_report()
     if report.accelerator != "CPU":
         pytest.skip("a machine with an accelerator")
-    assert ("mixed_bfloat16" in gpu_check.advice(report)) == amx
+    assert ("mixed_bfloat16" in gpu_check.advice(report)) == native
