@@ -122,9 +122,9 @@ def _name(variant: dict) -> str:
 
 
 def variant_labels(model: Predictor, image: np.ndarray, variants: list[dict], cfg) -> dict:
-    """The label map of every option for one image; each test-time setting is predicted once."""
-    probabilities = {tta: predictor.predict_image(model, image, cfg.inference.tile_overlap, cfg.inference.batch_size, tta)
-                     for tta in {v["tta"] for v in variants}}
+    """The label map of every option for one image, from one prediction: plain and flipped in the same batches."""
+    probabilities = predictor.predict_views_of_image(model, image, cfg.inference.tile_overlap,
+                                                     cfg.inference.batch_size, tuple({v["tta"] for v in variants}))
     return {_name(v): postprocess(np.argmax(probabilities[v["tta"]], -1).astype(np.uint8), v["min_component_size"],
                                   v["opening"]) for v in variants}
 

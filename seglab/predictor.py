@@ -66,42 +66,66 @@ def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
     return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
 
 
+FLIPS = [(), (2,), (1,), (1, 2)]  # test-time flips; the first is the image itself
+
+
+def predict_views(model, batch, views=(False,)) -> dict:
+    """Softmax for a batch under each of ``views``: ``False`` plain, ``True`` the mean over :data:`FLIPS`, each
+    flipped back. One call to the model whatever the views: the flips go through as one batch, and the plain
+    prediction is its first quarter (per-call overhead dominates small windows on a CPU)."""
+    if True not in views:
+        return {False: np.asarray(model.predict_on_batch(batch))}
+    stacked = np.concatenate([np.flip(batch, axes) for axes in FLIPS])
+    p = np.asarray(model.predict_on_batch(stacked)).reshape(len(FLIPS), *batch.shape[:3], -1)
+    flipped = {True: np.mean([np.flip(part, axes) for part, axes in zip(p, FLIPS)], axis=0)}
+    return {**flipped, False: p[0]} if False in views else flipped
+
+
 def predict_batch(model, batch, tta: bool = False) -> np.ndarray:
-    """Softmax for a batch; with ``tta`` the mean over the four flips, each flipped back, predicted as one batch
-    (one call instead of four: per-call overhead dominates small windows on a CPU)."""
-    if not tta:
-        return np.asarray(model.predict_on_batch(batch))
-    flips = [(), (2,), (1,), (1, 2)]
-    stacked = np.concatenate([np.flip(batch, axes) for axes in flips])
-    p = np.asarray(model.predict_on_batch(stacked)).reshape(len(flips), *batch.shape[:3], -1)
-    return np.mean([np.flip(part, axes) for part, axes in zip(p, flips)], axis=0)
+    """Softmax for a batch; with ``tta`` the mean over the four flips (:func:`predict_views`)."""
+    return predict_views(model, batch, (tta,))[tta]
 
 
-def sliding_windows(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
-                    tta: bool = False, blend: bool = True) -> np.ndarray:
-    """Window predictions at the image's own scale, blended by :func:`gaussian_weight` (evenly when not ``blend``)."""
+def window_views(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
+                 views=(False,), blend: bool = True) -> dict:
+    """Window predictions at the image's own scale under each of ``views``, blended by :func:`gaussian_weight`
+    (evenly when not ``blend``)."""
     tile, height, width = predictor.tile, *image.shape[:2]
     x = normalize(geometry.pad_to(image, tile, tile), predictor.card.normalization).numpy()
     weight = (gaussian_weight(tile) if blend else np.ones((tile, tile), np.float32))[..., None]
-    total = np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32)
+    totals = {view: np.zeros(x.shape[:2] + (len(predictor.classes),), np.float32) for view in views}
     weights = np.zeros(x.shape[:2] + (1,), np.float32)
     corners = geometry.window_corners(*x.shape[:2], tile, overlap)
     for start in range(0, len(corners), batch_size):
         chunk = corners[start:start + batch_size]
-        windows = np.stack([x[y:y + tile, x0:x0 + tile] for y, x0 in chunk])
-        for (y, x0), p in zip(chunk, predict_batch(predictor.model, windows, tta)):
-            total[y:y + tile, x0:x0 + tile] += p * weight
+        predicted = predict_views(predictor.model, np.stack([x[y:y + tile, x0:x0 + tile] for y, x0 in chunk]), views)
+        for i, (y, x0) in enumerate(chunk):
+            for view, total in totals.items():
+                total[y:y + tile, x0:x0 + tile] += predicted[view][i] * weight
             weights[y:y + tile, x0:x0 + tile] += weight
-    return (total / weights)[:height, :width]
+    return {view: (total / weights)[:height, :width] for view, total in totals.items()}
+
+
+def sliding_windows(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
+                    tta: bool = False, blend: bool = True) -> np.ndarray:
+    """Window predictions at the image's own scale (:func:`window_views`, one view)."""
+    return window_views(predictor, image, overlap, batch_size, (tta,), blend)[tta]
+
+
+def predict_views_of_image(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
+                           views=(False,)) -> dict:
+    """Per-pixel class probabilities (H, W, classes) under each of ``views`` (plain ``False``, flipped ``True``)
+    for an image (H, W, channels) of any size, as read by the predictor; the windows are predicted once."""
+    height, width = image.shape[:2]
+    sy, sx = predictor.card.pixel_scale
+    if (sy, sx) == (1.0, 1.0):
+        return window_views(predictor, image, overlap, batch_size, views)
+    scaled = geometry.resize_image(image, max(1, round(width * sx)), max(1, round(height * sy)))
+    return {view: cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+            for view, p in window_views(predictor, scaled, overlap, batch_size, views).items()}
 
 
 def predict_image(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
                   tta: bool = False) -> np.ndarray:
     """Per-pixel class probabilities (H, W, classes) for an image (H, W, channels) of any size, as read by the predictor."""
-    height, width = image.shape[:2]
-    sy, sx = predictor.card.pixel_scale
-    if (sy, sx) == (1.0, 1.0):
-        return sliding_windows(predictor, image, overlap, batch_size, tta)
-    scaled = geometry.resize_image(image, max(1, round(width * sx)), max(1, round(height * sy)))
-    probabilities = sliding_windows(predictor, scaled, overlap, batch_size, tta)
-    return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+    return predict_views_of_image(predictor, image, overlap, batch_size, (tta,))[tta]

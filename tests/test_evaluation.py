@@ -50,7 +50,7 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     run = RunDir(tmp_path / "run")
     monkeypatch.setattr(evaluation, "original_pairs",
                         lambda where, record, split: (where, record) == (run, dataset) and iter(pairs[split]))
-    monkeypatch.setattr(predictor, "predict_image", lambda *a, **k: np.eye(2)[noisy])
+    monkeypatch.setattr(predictor, "predict_views_of_image", lambda *a, **k: {False: np.eye(2)[noisy]})
     out = tmp_path / "predictions"
     out.mkdir()
     result = evaluation.evaluate_model(None, cfg, run, dataset, out)

@@ -157,3 +157,21 @@ def test_predict_cli_exit_codes(tmp_path):
     assert bad_overlap.returncode == 1 and "--overlap 1.0 must be in [0, 1)" in bad_overlap.stderr
     malformed = _cli("--model", model_path)
     assert malformed.returncode == 2 and "required" in malformed.stderr
+
+
+@pytest.mark.parametrize("scale", [(1.0, 1.0), (0.5, 0.75)])
+def test_plain_and_flipped_come_from_one_call_per_batch_and_equal_separate_predictions(scale):
+    """Notebook 04 scores both options; the plain prediction is the unflipped quarter of the flipped batch."""
+    model = _model(32)
+    predictor = prediction.Predictor(model, _card(32, scale=scale))
+    image = np.random.default_rng(1).integers(0, 255, (100, 150, 3)).astype(np.uint8)  # several windows
+    calls = []
+    real = model.predict_on_batch
+    model.predict_on_batch = lambda batch: calls.append(len(batch)) or real(batch)
+    both = prediction.predict_views_of_image(predictor, image, overlap=0.5, batch_size=3, views=(False, True))
+    together = len(calls)
+    np.testing.assert_allclose(both[False], prediction.predict_image(predictor, image, 0.5, 3), atol=1e-5)
+    before_flipped = len(calls)
+    np.testing.assert_allclose(both[True], prediction.predict_image(predictor, image, 0.5, 3, tta=True), atol=1e-5)
+    assert together == len(calls) - before_flipped > 1  # both views for the calls of the flipped view alone
+    assert np.abs(both[True] - both[False]).max() > 1e-3
