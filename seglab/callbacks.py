@@ -1,7 +1,8 @@
-"""Keras callbacks of the series' own: the cosine learning rate and the time budget.
+"""Keras callbacks of the series' own: the cosine learning rate, the time budget, a backup every few minutes,
+one line per epoch and the predictions epoch by epoch.
 
-Keras' own (``BackupAndRestore``, ``ModelCheckpoint``, ``CSVLogger``, ``TensorBoard``) do the
-rest; :func:`seglab.training.callbacks` lists them all in the order they run.
+Keras' own (``ModelCheckpoint``, ``CSVLogger``, ``TensorBoard``) do the rest;
+:func:`seglab.training.callbacks` lists them all in the order they run.
 """
 from __future__ import annotations
 
@@ -61,6 +62,28 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.perf_counter() - self.start > self.seconds:
             self.model.stop_training = True
+
+
+class PeriodicBackup(keras.callbacks.BackupAndRestore):
+    """Keras' ``BackupAndRestore``, written after the first epoch that ends ``minutes`` after the last write instead
+    of after every epoch (``minutes=0``: every epoch). The state is the model and Adam's two moments, three times the
+    model's size: written after every epoch of the demo it took 0.3-0.5 s of 8.5 (bench/overhead.py). A resumed
+    training repeats the epochs since the last write. ``before_backup(epoch)`` runs first, to keep with the state
+    what must agree with it (the best checkpoint: :func:`seglab.training.snapshot_best`)."""
+
+    def __init__(self, backup_dir: str, minutes: float, before_backup=lambda epoch: None, clock=time.monotonic):
+        super().__init__(backup_dir)
+        self.seconds, self.before_backup, self.clock = minutes * 60, before_backup, clock
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.last = self.clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.clock() - self.last >= self.seconds:
+            self.before_backup(epoch)
+            super().on_epoch_end(epoch, logs)
+            self.last = self.clock()
 
 
 class EpochLine(keras.callbacks.Callback):

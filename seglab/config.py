@@ -142,6 +142,9 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = setting(None, "batches per epoch; null: the whole training split",
                                              Check(lambda v: v > 0, "a positive integer, or null for the whole "
                                                                     "training split"))
+    backup_minutes: float = setting(2.0, "write the training state for resuming after the first epoch that ends this "
+                                         "long after the last write; 0: after every epoch",
+                                    Check(lambda v: v >= 0, "a number of minutes, 0 or more"))
     time_budget_minutes: Optional[float] = setting(None, "stop training after this much wall time, per architecture",
                                                    Check(lambda v: v > 0, "a positive number of minutes, or null for "
                                                                           "no limit"))

@@ -4,14 +4,15 @@
 ``tf.distribute`` strategy's scope), compiles it with Adam, the loss of :mod:`seglab.losses`
 and the dataset-level :class:`~seglab.metrics.MeanIoU`, and fits it on the tf.data pipelines
 of :mod:`seglab.pipeline` with the callbacks of :func:`callbacks`. Notebook 03 and every
-worker of a cluster call this one function. Training keeps its state in the run folder, so
-a notebook cut off mid-training (a Colab disconnect) resumes from the last finished epoch
-when it is run again.
+worker of a cluster call this one function. Training writes its state to the run folder every
+``train.backup_minutes``, so a notebook cut off mid-training (a Colab disconnect) resumes from
+the last state written when it is run again.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 
 from seglab import devices, losses, metrics, models, planning, stats
 from seglab.backend import keras, tf
-from seglab.callbacks import CosineDecay, EpochLine, TimeBudget
+from seglab.atomic import atomic_dir, write_text
+from seglab.callbacks import CosineDecay, EpochLine, PeriodicBackup, TimeBudget
 from seglab.normalization import input_normalization
 from seglab.pipeline import Batching, SplitData, fit_batch_size, make_dataset
 from seglab.jsonrecord import FileStamp, MissingInput
@@ -30,6 +32,7 @@ from seglab.rundir import RunDir, Step
 from seglab.shards import split_files
 
 MONITOR = "val_mean_iou"
+SNAPSHOT = "with-state-of-epoch-"  # checkpoints/ARCH/with-state-of-epoch-E/: the best checkpoint when the state was written
 
 
 @dataclass
@@ -96,6 +99,47 @@ def _state_paths(run: RunDir, arch: str) -> dict:
             "best": run.path("checkpoints", arch, "best")}  # TF checkpoint format: HDF5 fails under MirroredStrategy
 
 
+def backed_up_epoch(state: Path) -> int | None:
+    """The epoch after which Keras' ``BackupAndRestore`` last wrote the training state in ``state``, as Keras reads
+    it back (its ``chief/`` checkpoint's ``ckpt_saved_epoch``); None when it wrote none."""
+    latest = tf.train.latest_checkpoint(str(Path(state) / "chief"))
+    if latest is None:
+        return None
+    return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def snapshot_best(paths: dict, epoch: int) -> None:
+    """Copy the best checkpoint, as it is when the state of ``epoch`` is about to be written, to
+    ``checkpoints/ARCH/with-state-of-epoch-E/`` (the last two are kept: the state on disk is the older one until the
+    new one is written)."""
+    best = paths["best"]
+    with atomic_dir(best.parent / f"{SNAPSHOT}{epoch}") as folder:
+        for part in best.parent.glob(best.name + ".*"):
+            shutil.copy2(part, folder / part.name)
+    snapshots = sorted(best.parent.glob(SNAPSHOT + "*"), key=lambda p: int(p.name[len(SNAPSHOT):]))
+    for old in snapshots[:-2]:
+        shutil.rmtree(old)
+
+
+def _roll_back_to_state(arch: str, paths: dict, log=print) -> None:
+    """Make the history and the best checkpoint agree with the training state about to be resumed: the epochs
+    trained after it was written are dropped from ``history/ARCH.csv`` (they are trained again) and the best
+    checkpoint is the one of that moment."""
+    epoch = backed_up_epoch(paths["state"])
+    lines = paths["log"].read_text().splitlines(keepends=True) if paths["log"].exists() else []
+    kept = lines[:1] + [line for line in lines[1:] if int(float(line.split(",")[0])) <= epoch]
+    if len(kept) < len(lines):
+        log(f"{arch}: the training state was written after epoch {epoch + 1}; the {len(lines) - len(kept)} epoch(s) "
+            "trained since are trained again")
+        write_text(paths["log"], "".join(kept))
+    snapshot, best = paths["best"].parent / f"{SNAPSHOT}{epoch}", paths["best"]
+    if snapshot.is_dir():
+        for part in best.parent.glob(best.name + ".*"):
+            part.unlink()
+        for part in snapshot.glob(best.name + ".*"):
+            shutil.copy2(part, best.parent / part.name)
+
+
 def _move_aside(run: RunDir, arch: str, log=print) -> None:
     """Move an earlier training of ``arch`` (model, card, history, state, checkpoint) to ``previous/STAMP-ARCH/``,
     and say so: a fresh start neither mixes two trainings nor deletes the earlier one."""
@@ -128,6 +172,8 @@ def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tupl
     if chief and not resumed:  # a fresh start: an old state, log or checkpoint would mix two trainings
         _move_aside(step.run, arch, log)
         current.save(paths["key"])
+    if chief and resumed:
+        _roll_back_to_state(arch, paths, log)
     if chief:
         for folder in (paths["state"], paths["log"].parent, paths["best"].parent):
             folder.mkdir(parents=True, exist_ok=True)
@@ -145,13 +191,17 @@ def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=(), l
     """Keras' callbacks for one training, in the order they run."""
     best_so_far = max((row[MONITOR] for row in _logged_epochs(paths["log"])), default=None)
     train = cfg.train
+    # on a cluster every worker writes the state at the same epochs (writing it reads the batch-norm statistics, a
+    # collective step), so after every epoch, not by each worker's clock
+    backup_minutes = 0 if train.strategy == "multi_worker" else train.backup_minutes
     return [
-        keras.callbacks.BackupAndRestore(str(paths["state"])),  # resume after a disconnect
         keras.callbacks.ModelCheckpoint(str(paths["best"]), monitor=MONITOR, mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         CosineDecay(train.learning_rate, train.epochs, train.time_budget_minutes),  # before the loggers: they log lr
         *([keras.callbacks.CSVLogger(str(paths["log"]), append=True)] if chief else []),
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
+        PeriodicBackup(str(paths["state"]), backup_minutes,  # after the checkpoint and the log it must agree with
+                       (lambda epoch: snapshot_best(paths, epoch)) if chief else (lambda epoch: None)),
         *([TimeBudget(train.time_budget_minutes)] if train.time_budget_minutes else []),
         *([EpochLine(arch, train.epochs, log)] if train.strategy != "multi_worker" else []),  # see train_model
         *extra,
@@ -199,6 +249,8 @@ def finish(model, setup: TrainingSetup, step: Step, seconds: float) -> TrainingS
         best_val_mean_iou=max((e[MONITOR] for e in epochs), default=None))
     if not strategy.extended.should_checkpoint:
         return summary
+    for snapshot in setup.paths["best"].parent.glob(SNAPSHOT + "*"):  # Keras removed the state they went with
+        shutil.rmtree(snapshot)
     model_path = step.wrote(models.save_model(copy, step.run.path(summary.model)))
     step.save(dataclasses.replace(setup.card, model=FileStamp.of(model_path)), spec.arch)  # the card last: see ModelCard
     step.save(History(summary, epochs), spec.arch)

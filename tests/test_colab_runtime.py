@@ -43,7 +43,7 @@ pytestmark = [
 
 TINY = {"config_path": "demo", "run_dir": None, "overrides": [
     "data.demo.num_images=12", "data.demo.image_size=64", "data.image_size=64", "model.architectures=[unet]",
-    "train.epochs=3", "train.batch_size=4", "train.steps_per_epoch=12", "evaluation.tta=false",
+    "train.epochs=3", "train.backup_minutes=0", "train.batch_size=4", "train.steps_per_epoch=12", "evaluation.tta=false",
     "evaluation.min_component_sizes=[0]", "evaluation.saved_predictions=1"]}
 EPOCHS = 3
 

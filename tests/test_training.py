@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from seglab import callbacks, class_weights, data_loading, devices, losses, metrics, models, training
+from seglab.callbacks import PeriodicBackup
 from seglab.backend import keras, tf
 from seglab.config import ConfigError
 from seglab.models import ModelSpec
@@ -173,7 +174,7 @@ def test_unreachable_weights_fall_back_to_random_init_with_one_line(monkeypatch,
 @pytest.fixture
 def prepared(make_config):
     cfg = make_config("data.demo.num_images=10", "train.batch_size=2", "train.epochs=3", "model.architectures=[unet]",
-                      "data.augment=none")
+                      "data.augment=none", "train.backup_minutes=0")  # the state written after every epoch
     run = RunDir(cfg.run_dir)
     data_loading.prepare_dataset(cfg, run)
     weights = class_weights.write_class_weights(run, cfg).weights
@@ -222,6 +223,51 @@ def test_interrupted_training_resumes_with_the_weights_it_had(prepared):
         np.testing.assert_array_equal(restored, saved)
     model = models.load_model(run.path("models", "unet.keras"))
     assert model.optimizer is None  # the export carries no optimizer state
+
+
+class _CutAfter(keras.callbacks.Callback):
+    """Cuts training off at the end of epoch ``cut``, remembering the weights after each epoch."""
+
+    def __init__(self, cut):
+        super().__init__()
+        self.cut, self.weights = cut, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch] = [w.copy() for w in self.model.get_weights()]
+        if epoch == self.cut:
+            raise KeyboardInterrupt("runtime disconnected")
+
+
+def test_a_state_written_every_few_minutes_resumes_with_the_history_and_best_checkpoint_of_its_moment(prepared,
+                                                                                                     monkeypatch):
+    """Epochs trained after the last state was written are trained again, once in the history, and the best
+    checkpoint goes back to what it was when the state was written."""
+    cfg, run, weights = prepared
+    cfg.train.epochs, cfg.train.backup_minutes = 4, 2
+    minutes = iter(range(0, 10 ** 6, 60))  # the clock moves a minute each time it is read
+    monkeypatch.setattr(training, "PeriodicBackup", functools.partial(PeriodicBackup, clock=lambda: next(minutes)))
+    cut = _CutAfter(2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, weights, extra_callbacks=[cut])
+    assert _epochs_logged(run) == [0, 1, 2]
+    assert training.backed_up_epoch(run.path("train_state", "unet")) == 1  # two minutes in: after epoch 2 of 4
+    best, snapshot = run.path("checkpoints", "unet", "best.index"), run.path("checkpoints", "unet",
+                                                                                "with-state-of-epoch-1", "best.index")
+    at_state = snapshot.read_bytes()
+    start, lines = _WeightsAtStart(), []
+
+    class BestAtStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.index = best.read_bytes()
+
+    best_at_start = BestAtStart()
+    summary = train(cfg, run, weights, extra_callbacks=[start, best_at_start], log=lines.append)
+    assert any("the 1 epoch(s) trained since are trained again" in line for line in lines)
+    assert _epochs_logged(run) == [0, 1, 2, 3] and summary.resumed and summary.epochs == 4
+    for restored, saved in zip(start.weights, cut.weights[1]):
+        np.testing.assert_array_equal(restored, saved)
+    assert best_at_start.index == at_state  # the best checkpoint of the state's moment, not epoch 3's
+    assert not list(run.path("checkpoints", "unet").glob("with-state-of-epoch-*"))  # gone with the state
 
 
 def test_a_stale_training_state_is_not_resumed(prepared):
