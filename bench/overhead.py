@@ -4,8 +4,8 @@ Trains one architecture with the series' own ``training.train_model`` (its callb
 backup, the checkpoint, validation) on a run folder where notebooks 00 to 02 have run, and
 times every training step, the validation and each callback's end-of-epoch work: the steps'
 share of ``model.fit``'s wall time is what the model learns from; the rest is validation,
-the training-state backup (``PeriodicBackup``, every ``train.backup_minutes``), the best
-checkpoint, logging and input waits between steps. Prints one table row per epoch and the
+the training-state backup (``PeriodicBackup``, every ``train.backup_minutes``, with the best
+weights), keeping the best weights (``BestWeights``), logging and input waits between steps. Prints one table row per epoch and the
 totals; ``--set train.backup_minutes=0`` writes the state after every epoch, as before. Training
 runs in the precision notebook 03 would use (``train.mixed_precision``), so
 ``--set train.mixed_precision=float32`` against ``bfloat16`` compares the two on the real pipeline.
@@ -94,13 +94,13 @@ def main():
                                    log=lambda line: None)
     fit = time.perf_counter() - start
     print(f"{args.arch} ({cfg.model.backbone}), {summary.epochs} epochs, batch {summary.global_batch_size}, {policy}")
-    print("| epoch | steps | in steps, s | validation, s | state backup, s | best checkpoint, s | epoch, s "
+    print("| epoch | steps | in steps, s | validation, s | state backup, s | best weights, s | epoch, s "
           "| outside steps |")
     print("|---|---|---|---|---|---|---|---|")
     for e in clock.epochs:
         ends = e["callbacks"]
         print(f"| {e['epoch'] + 1} | {e['steps']} | {e['inside']:.1f} | {e['validation']:.2f} | "
-              f"{ends.get('PeriodicBackup', 0):.2f} | {ends.get('ModelCheckpoint', 0):.2f} | {e['total']:.1f} | "
+              f"{ends.get('PeriodicBackup', 0):.2f} | {ends.get('BestWeights', 0):.2f} | {e['total']:.1f} | "
               f"{1 - e['inside'] / e['total']:.0%} |")
     inside, total = sum(e["inside"] for e in clock.epochs), sum(e["total"] for e in clock.epochs)
     later = clock.epochs[1:] or clock.epochs

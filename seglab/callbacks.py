@@ -1,16 +1,34 @@
-"""Keras callbacks of the series' own: the cosine learning rate, the time budget, a backup every few minutes,
-one line per epoch and the predictions epoch by epoch.
+"""Keras callbacks of the series' own: the best weights, the cosine learning rate, the time budget, a backup
+every few minutes, one line per epoch and the predictions epoch by epoch.
 
-Keras' own (``ModelCheckpoint``, ``CSVLogger``, ``TensorBoard``) do the rest;
-:func:`seglab.training.callbacks` lists them all in the order they run.
+Keras' own (``CSVLogger``, ``TensorBoard``) do the rest; :func:`seglab.training.callbacks` lists them
+all in the order they run.
 """
 from __future__ import annotations
 
 import math
 import time
 
+import numpy as np
+
 
 from seglab.backend import keras, tf
+
+
+class BestWeights(keras.callbacks.Callback):
+    """The weights of the epoch with the best ``monitor`` so far, kept in memory: Keras' ``ModelCheckpoint`` writes
+    them to disk at every improvement, 0.6-1.1 s of the demo's 8.5 s epoch (bench/overhead.py). They reach the disk
+    with the training state (:class:`PeriodicBackup`), and training ends by setting them. A resumed training starts
+    from the ``best`` and ``weights`` written with its state."""
+
+    def __init__(self, monitor: str, best: float | None = None, weights: list | None = None):
+        super().__init__()
+        self.monitor, self.best, self.weights = monitor, best, weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.monitor)
+        if score is not None and np.isfinite(score) and (self.best is None or score > self.best):
+            self.best, self.weights = float(score), self.model.get_weights()
 
 
 class CosineDecay(keras.callbacks.Callback):
@@ -69,7 +87,7 @@ class PeriodicBackup(keras.callbacks.BackupAndRestore):
     of after every epoch (``minutes=0``: every epoch). The state is the model and Adam's two moments, three times the
     model's size: written after every epoch of the demo it took 0.3-0.5 s of 8.5 (bench/overhead.py). A resumed
     training repeats the epochs since the last write. ``before_backup(epoch)`` runs first, to keep with the state
-    what must agree with it (the best checkpoint: :func:`seglab.training.snapshot_best`)."""
+    what must agree with it (the best weights: :func:`seglab.training.write_best`)."""
 
     def __init__(self, backup_dir: str, minutes: float, before_backup=lambda epoch: None, clock=time.monotonic):
         super().__init__(backup_dir)

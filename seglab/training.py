@@ -22,7 +22,7 @@ import numpy as np
 from seglab import devices, losses, metrics, models, planning, stats
 from seglab.backend import keras, tf
 from seglab.atomic import atomic_dir, write_text
-from seglab.callbacks import CosineDecay, EpochLine, PeriodicBackup, TimeBudget
+from seglab.callbacks import BestWeights, CosineDecay, EpochLine, PeriodicBackup, TimeBudget
 from seglab.normalization import input_normalization
 from seglab.pipeline import Batching, SplitData, fit_batch_size, make_dataset
 from seglab.jsonrecord import FileStamp, MissingInput
@@ -32,7 +32,7 @@ from seglab.rundir import RunDir, Step
 from seglab.shards import split_files
 
 MONITOR = "val_mean_iou"
-SNAPSHOT = "with-state-of-epoch-"  # checkpoints/ARCH/with-state-of-epoch-E/: the best checkpoint when the state was written
+SNAPSHOT = "with-state-of-epoch-"  # checkpoints/ARCH/with-state-of-epoch-E/best.npz: the best weights then
 
 
 @dataclass
@@ -95,8 +95,7 @@ def _logged_epochs(csv_path: Path) -> list[dict]:
 
 def _state_paths(run: RunDir, arch: str) -> dict:
     return {"state": run.path("train_state", arch), "key": run.path(ResumeKey.where(arch)),
-            "log": run.path("history", f"{arch}.csv"),
-            "best": run.path("checkpoints", arch, "best")}  # TF checkpoint format: HDF5 fails under MirroredStrategy
+            "log": run.path("history", f"{arch}.csv"), "best": run.path("checkpoints", arch)}
 
 
 def backed_up_epoch(state: Path) -> int | None:
@@ -108,36 +107,42 @@ def backed_up_epoch(state: Path) -> int | None:
     return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
-def snapshot_best(paths: dict, epoch: int) -> None:
-    """Copy the best checkpoint, as it is when the state of ``epoch`` is about to be written, to
-    ``checkpoints/ARCH/with-state-of-epoch-E/`` (the last two are kept: the state on disk is the older one until the
-    new one is written)."""
-    best = paths["best"]
-    with atomic_dir(best.parent / f"{SNAPSHOT}{epoch}") as folder:
-        for part in best.parent.glob(best.name + ".*"):
-            shutil.copy2(part, folder / part.name)
-    snapshots = sorted(best.parent.glob(SNAPSHOT + "*"), key=lambda p: int(p.name[len(SNAPSHOT):]))
+def write_best(paths: dict, epoch: int, best: BestWeights) -> None:
+    """Write the best weights so far, as they are when the state of ``epoch`` is about to be written, to
+    ``checkpoints/ARCH/with-state-of-epoch-E/best.npz`` (the last two are kept: the state on disk is the older one
+    until the new one is written)."""
+    with atomic_dir(paths["best"] / f"{SNAPSHOT}{epoch}") as folder:
+        if best.weights is not None:
+            np.savez(folder / "best.npz", np.float64(best.best), *best.weights)
+    snapshots = sorted(paths["best"].glob(SNAPSHOT + "*"), key=lambda p: int(p.name[len(SNAPSHOT):]))
     for old in snapshots[:-2]:
         shutil.rmtree(old)
 
 
-def _roll_back_to_state(arch: str, paths: dict, log=print) -> None:
-    """Make the history and the best checkpoint agree with the training state about to be resumed: the epochs
-    trained after it was written are dropped from ``history/ARCH.csv`` (they are trained again) and the best
-    checkpoint is the one of that moment."""
+def best_at_state(paths: dict) -> tuple[float | None, list | None]:
+    """The best score and weights written with the training state about to be resumed; (None, None) without one."""
     epoch = backed_up_epoch(paths["state"])
+    saved = paths["best"] / f"{SNAPSHOT}{epoch}" / "best.npz"
+    if epoch is None or not saved.exists():
+        return None, None
+    with np.load(saved) as arrays:
+        score, *weights = (arrays[f"arr_{i}"] for i in range(len(arrays.files)))
+    return float(score), weights
+
+
+def _roll_back_to_state(arch: str, paths: dict, log=print) -> None:
+    """Make the history agree with the training state about to be resumed: the epochs trained after it was
+    written are dropped from ``history/ARCH.csv`` (they are trained again; the best weights go back with
+    :func:`best_at_state`)."""
+    epoch = backed_up_epoch(paths["state"])  # None: cut off before its first state was complete
+    last = -1 if epoch is None else epoch
     lines = paths["log"].read_text().splitlines(keepends=True) if paths["log"].exists() else []
-    kept = lines[:1] + [line for line in lines[1:] if int(float(line.split(",")[0])) <= epoch]
+    kept = lines[:1] + [line for line in lines[1:] if int(float(line.split(",")[0])) <= last]
     if len(kept) < len(lines):
-        log(f"{arch}: the training state was written after epoch {epoch + 1}; the {len(lines) - len(kept)} epoch(s) "
-            "trained since are trained again")
+        written = "no training state was written" if epoch is None else \
+            f"the training state was written after epoch {epoch + 1}"
+        log(f"{arch}: {written}; the {len(lines) - len(kept)} epoch(s) trained since are trained again")
         write_text(paths["log"], "".join(kept))
-    snapshot, best = paths["best"].parent / f"{SNAPSHOT}{epoch}", paths["best"]
-    if snapshot.is_dir():
-        for part in best.parent.glob(best.name + ".*"):
-            part.unlink()
-        for part in snapshot.glob(best.name + ".*"):
-            shutil.copy2(part, best.parent / part.name)
 
 
 def _move_aside(run: RunDir, arch: str, log=print) -> None:
@@ -175,7 +180,7 @@ def _resume_or_start(arch: str, cfg, step: Step, chief: bool, log=print) -> tupl
     if chief and resumed:
         _roll_back_to_state(arch, paths, log)
     if chief:
-        for folder in (paths["state"], paths["log"].parent, paths["best"].parent):
+        for folder in (paths["state"], paths["log"].parent, paths["best"]):
             folder.mkdir(parents=True, exist_ok=True)
     return paths, resumed
 
@@ -189,19 +194,18 @@ def verbosity(cfg) -> int:
 
 def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=(), log=print) -> list:
     """Keras' callbacks for one training, in the order they run."""
-    best_so_far = max((row[MONITOR] for row in _logged_epochs(paths["log"])), default=None)
+    best = BestWeights(MONITOR, *best_at_state(paths))
     train = cfg.train
     # on a cluster every worker writes the state at the same epochs (writing it reads the batch-norm statistics, a
     # collective step), so after every epoch, not by each worker's clock
     backup_minutes = 0 if train.strategy == "multi_worker" else train.backup_minutes
     return [
-        keras.callbacks.ModelCheckpoint(str(paths["best"]), monitor=MONITOR, mode="max", save_best_only=True,
-                                        save_weights_only=True, initial_value_threshold=best_so_far),
+        best,
         CosineDecay(train.learning_rate, train.epochs, train.time_budget_minutes),  # before the loggers: they log lr
         *([keras.callbacks.CSVLogger(str(paths["log"]), append=True)] if chief else []),
         keras.callbacks.TensorBoard(str(run.path("tensorboard", arch)), histogram_freq=0, profile_batch=0),
-        PeriodicBackup(str(paths["state"]), backup_minutes,  # after the checkpoint and the log it must agree with
-                       (lambda epoch: snapshot_best(paths, epoch)) if chief else (lambda epoch: None)),
+        PeriodicBackup(str(paths["state"]), backup_minutes,  # after the best weights and the log it must agree with
+                       (lambda epoch: write_best(paths, epoch, best)) if chief else (lambda epoch: None)),
         *([TimeBudget(train.time_budget_minutes)] if train.time_budget_minutes else []),
         *([EpochLine(arch, train.epochs, log)] if train.strategy != "multi_worker" else []),  # see train_model
         *extra,
@@ -214,8 +218,8 @@ def prepare(arch: str, cfg, step: Step, dataset: DatasetRecord, strategy, extra_
     auto settings resolved (:func:`planning.resolve`).
 
     On a cluster only the chief writes to the run folder; the other workers read it (the same
-    resume decision and best score, so that every worker saves checkpoints at the same epochs,
-    which all of them must take part in) and Keras sends their checkpoints to temporary folders.
+    resume decision and best weights, so that every worker reads its weights at the same epochs,
+    which all of them must take part in) and Keras sends their training states to temporary folders.
     """
     chief = strategy.extended.should_checkpoint  # False only on a multi_worker worker that is not the chief
     replicas = strategy.num_replicas_in_sync
@@ -232,14 +236,15 @@ def prepare(arch: str, cfg, step: Step, dataset: DatasetRecord, strategy, extra_
 def finish(model, setup: TrainingSetup, step: Step, seconds: float) -> TrainingSummary:
     """Keep the best epoch's weights, save them as ``models/ARCH.keras`` with its card, and summarise.
 
-    On a cluster every worker loads the chief's best checkpoint, once the chief has written it,
-    and reads the weights (batch-norm statistics are averaged over the workers, which all take
-    part); only the chief writes the model and its history.
+    On a cluster every worker kept the same best weights (:class:`BestWeights` read them at the
+    same epochs: batch-norm statistics are averaged over the workers, which all take part); only
+    the chief writes the model and its history.
     """
     spec, strategy = setup.spec, model.distribute_strategy
     strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.constant(1))), axis=None)  # a barrier: fit is over everywhere
-    if setup.paths["best"].with_suffix(".index").exists():
-        model.load_weights(str(setup.paths["best"])).expect_partial()
+    best = next(c for c in setup.callbacks if isinstance(c, BestWeights))
+    if best.weights is not None:
+        model.set_weights(best.weights)
     copy = models.float32_copy(model, spec)
     epochs = _logged_epochs(setup.paths["log"])
     summary = TrainingSummary(
@@ -249,7 +254,7 @@ def finish(model, setup: TrainingSetup, step: Step, seconds: float) -> TrainingS
         best_val_mean_iou=max((e[MONITOR] for e in epochs), default=None))
     if not strategy.extended.should_checkpoint:
         return summary
-    for snapshot in setup.paths["best"].parent.glob(SNAPSHOT + "*"):  # Keras removed the state they went with
+    for snapshot in setup.paths["best"].glob(SNAPSHOT + "*"):  # Keras removed the state they went with
         shutil.rmtree(snapshot)
     model_path = step.wrote(models.save_model(copy, step.run.path(summary.model)))
     step.save(dataclasses.replace(setup.card, model=FileStamp.of(model_path)), spec.arch)  # the card last: see ModelCard

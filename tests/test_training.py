@@ -238,36 +238,75 @@ class _CutAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt("runtime disconnected")
 
 
-def test_a_state_written_every_few_minutes_resumes_with_the_history_and_best_checkpoint_of_its_moment(prepared,
-                                                                                                     monkeypatch):
+def test_a_state_written_every_few_minutes_resumes_with_the_history_and_best_weights_of_its_moment(prepared,
+                                                                                                  monkeypatch):
     """Epochs trained after the last state was written are trained again, once in the history, and the best
-    checkpoint goes back to what it was when the state was written."""
+    weights go back to what they were when the state was written."""
     cfg, run, weights = prepared
     cfg.train.epochs, cfg.train.backup_minutes = 4, 2
     minutes = iter(range(0, 10 ** 6, 60))  # the clock moves a minute each time it is read
     monkeypatch.setattr(training, "PeriodicBackup", functools.partial(PeriodicBackup, clock=lambda: next(minutes)))
+    made = []
+
+    class Kept(callbacks.BestWeights):  # the series' BestWeights, remembered as training.callbacks makes it
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append((self.best, self.weights))
+
+    monkeypatch.setattr(training, "BestWeights", Kept)
     cut = _CutAfter(2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, weights, extra_callbacks=[cut])
     assert _epochs_logged(run) == [0, 1, 2]
     assert training.backed_up_epoch(run.path("train_state", "unet")) == 1  # two minutes in: after epoch 2 of 4
-    best, snapshot = run.path("checkpoints", "unet", "best.index"), run.path("checkpoints", "unet",
-                                                                                "with-state-of-epoch-1", "best.index")
-    at_state = snapshot.read_bytes()
+    first_two = [row["val_mean_iou"] for row in training._logged_epochs(run.path("history", "unet.csv"))][:2]
     start, lines = _WeightsAtStart(), []
-
-    class BestAtStart(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.index = best.read_bytes()
-
-    best_at_start = BestAtStart()
-    summary = train(cfg, run, weights, extra_callbacks=[start, best_at_start], log=lines.append)
+    summary = train(cfg, run, weights, extra_callbacks=[start], log=lines.append)
     assert any("the 1 epoch(s) trained since are trained again" in line for line in lines)
     assert _epochs_logged(run) == [0, 1, 2, 3] and summary.resumed and summary.epochs == 4
     for restored, saved in zip(start.weights, cut.weights[1]):
         np.testing.assert_array_equal(restored, saved)
-    assert best_at_start.index == at_state  # the best checkpoint of the state's moment, not epoch 3's
+    best_at_start, weights_at_start = made[-1]
+    assert best_at_start == pytest.approx(max(first_two))  # epoch 3's score, lost with it, is not counted
+    for kept, saved in zip(weights_at_start, cut.weights[int(np.argmax(first_two))]):
+        np.testing.assert_array_equal(kept, saved)
     assert not list(run.path("checkpoints", "unet").glob("with-state-of-epoch-*"))  # gone with the state
+
+
+def test_a_state_cut_off_before_its_first_write_trains_the_logged_epochs_again(prepared):
+    cfg, run, weights = prepared
+    cfg.train.backup_minutes = 60  # no state written in this short training
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, weights, extra_callbacks=[_Disconnect()])
+    assert _epochs_logged(run) == [0, 1]
+    half_written = run.path("train_state", "unet", "chief", "ckpt-1.index")  # as a kill mid-write leaves it
+    half_written.parent.mkdir(parents=True, exist_ok=True)
+    half_written.write_bytes(b"")
+    lines = []
+    summary = train(cfg, run, weights, log=lines.append)
+    assert _epochs_logged(run) == [0, 1, 2] and summary.epochs == 3
+    assert any("no training state was written; the 2 epoch(s) trained since are trained again" in line
+               for line in lines)
+
+
+def test_training_ends_with_the_best_epochs_weights(prepared, monkeypatch):
+    """The saved model holds the weights of the epoch with the best validation mean IoU, not the last epoch's."""
+    cfg, run, weights = prepared
+    cfg.train.epochs = 3
+    scores = iter([0.5, 0.9, 0.7])  # epoch 2 is the best
+
+    class Scored(keras.callbacks.Callback):  # before BestWeights reads the logs
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_mean_iou"] = next(scores)
+
+    series_callbacks = training.callbacks
+    monkeypatch.setattr(training, "callbacks", lambda *a, **k: [Scored(), *series_callbacks(*a, **k)])
+    cut = _CutAfter(99)
+    train(cfg, run, weights, extra_callbacks=[cut])
+    model = models.load_model(run.path("models", "unet.keras"))
+    for saved, best in zip(model.get_weights(), cut.weights[1]):
+        np.testing.assert_allclose(saved, best, rtol=1e-6)
+    assert not np.allclose(model.get_weights()[0], cut.weights[2][0])
 
 
 def test_a_stale_training_state_is_not_resumed(prepared):
