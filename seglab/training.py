@@ -109,14 +109,15 @@ def backed_up_epoch(state: Path) -> int | None:
 
 def write_best(paths: dict, epoch: int, best: BestWeights) -> None:
     """Write the best weights so far, as they are when the state of ``epoch`` is about to be written, to
-    ``checkpoints/ARCH/with-state-of-epoch-E/best.npz`` (the last two are kept: the state on disk is the older one
-    until the new one is written)."""
+    ``checkpoints/ARCH/with-state-of-epoch-E/best.npz``; of the earlier ones only the state on disk's is kept
+    (until the new state is written, it is the one a resume reads)."""
     with atomic_dir(paths["best"] / f"{SNAPSHOT}{epoch}") as folder:
         if best.weights is not None:
             np.savez(folder / "best.npz", np.float64(best.best), *best.weights)
-    snapshots = sorted(paths["best"].glob(SNAPSHOT + "*"), key=lambda p: int(p.name[len(SNAPSHOT):]))
-    for old in snapshots[:-2]:
-        shutil.rmtree(old)
+    keep = {f"{SNAPSHOT}{epoch}", f"{SNAPSHOT}{backed_up_epoch(paths['state'])}"}
+    for old in paths["best"].glob(SNAPSHOT + "*"):
+        if old.name not in keep:
+            shutil.rmtree(old)
 
 
 def best_at_state(paths: dict) -> tuple[float | None, list | None]:
@@ -192,9 +193,10 @@ def verbosity(cfg) -> int:
     return 2 if cfg.train.strategy == "multi_worker" else 0
 
 
-def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, extra=(), log=print) -> list:
-    """Keras' callbacks for one training, in the order they run."""
-    best = BestWeights(MONITOR, *best_at_state(paths))
+def callbacks(arch: str, cfg, run: RunDir, paths: dict, chief: bool, resumed: bool, extra=(), log=print) -> list:
+    """Keras' callbacks for one training, in the order they run; a resumed one starts from the best weights
+    written with its state (on a cluster every worker must start from the same, see :func:`prepare`)."""
+    best = BestWeights(MONITOR, *(best_at_state(paths) if resumed else (None, None)))
     train = cfg.train
     # on a cluster every worker writes the state at the same epochs (writing it reads the batch-norm statistics, a
     # collective step), so after every epoch, not by each worker's clock
@@ -229,8 +231,8 @@ def prepare(arch: str, cfg, step: Step, dataset: DatasetRecord, strategy, extra_
     paths, resumed = _resume_or_start(arch, cfg, step, chief, log)
     spec = models.ModelSpec.of(arch, cfg, dataset)
     return TrainingSetup(spec, models.card_for(spec, dataset, norm), train, val,
-                         callbacks(arch, cfg, step.run, paths, chief, extra_callbacks, log), resumed, batch * replicas,
-                         replicas, paths)
+                         callbacks(arch, cfg, step.run, paths, chief, resumed, extra_callbacks, log), resumed,
+                         batch * replicas, replicas, paths)
 
 
 def finish(model, setup: TrainingSetup, step: Step, seconds: float) -> TrainingSummary:

@@ -259,6 +259,7 @@ def test_a_state_written_every_few_minutes_resumes_with_the_history_and_best_wei
         train(cfg, run, weights, extra_callbacks=[cut])
     assert _epochs_logged(run) == [0, 1, 2]
     assert training.backed_up_epoch(run.path("train_state", "unet")) == 1  # two minutes in: after epoch 2 of 4
+    assert [p.name for p in run.path("checkpoints", "unet").iterdir()] == ["with-state-of-epoch-1"]
     first_two = [row["val_mean_iou"] for row in training._logged_epochs(run.path("history", "unet.csv"))][:2]
     start, lines = _WeightsAtStart(), []
     summary = train(cfg, run, weights, extra_callbacks=[start], log=lines.append)
