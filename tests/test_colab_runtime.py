@@ -194,14 +194,15 @@ def series(sim):
 
 
 def _cut_off_mid_training(runtime: Runtime, nb, run_dir: Path):
-    """Run 03 and kill its kernel (a disconnect) once the first epoch is logged, before the last."""
+    """Run 03 and kill its kernel (a disconnect) once the first epoch is logged and its training state written
+    (the state follows the log row), before the last epoch."""
     client = runtime.client(nb)
-    log = run_dir / "history" / "unet.csv"
+    log, state = run_dir / "history" / "unet.csv", run_dir / "train_state" / "unet" / "chief" / "checkpoint"
     stop = threading.Event()
 
     def kill_after_one_epoch():
         while not stop.wait(0.1):
-            if log.exists() and len(log.read_text().strip().splitlines()) >= 2:  # header and one epoch
+            if log.exists() and len(log.read_text().strip().splitlines()) >= 2 and state.exists():  # header, epoch
                 os.kill(client.km.provisioner.process.pid, 9)
                 return
 
