@@ -13,6 +13,8 @@ from a copy of the project folder on Drive (``MyDrive/seglab``) or says what to 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,7 +136,6 @@ def installed(name: str) -> str | None:
 
 
 def _pip_install(*requirements: str) -> None:
-    import subprocess
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *requirements], capture_output=True, text=True)
     if pip.returncode:
         print(pip.stdout, pip.stderr, sep="\n")
@@ -160,7 +161,6 @@ def setup_runtime(folder: str = DRIVE_FOLDER, log=print) -> None:
     else:
         log(f"Installing segmentation-models 1.0.1 and tf-keras {tf_minor} ...")
         _pip_install(f"tf-keras~={tf_minor}.0", "segmentation-models==1.0.1")
-    import shutil
     gpu = "GPU" if shutil.which("nvidia-smi") else "CPU"
     log(f"seglab {installed('seglab')}, TensorFlow {installed('tensorflow')}, tf-keras {installed('tf-keras')}, "
         f"segmentation-models {installed('segmentation-models')}; {gpu} runtime; runs in MyDrive/{folder}/runs.")

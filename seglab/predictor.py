@@ -81,11 +81,6 @@ def predict_views(model, batch, views=(False,)) -> dict:
     return {**flipped, False: p[0]} if False in views else flipped
 
 
-def predict_batch(model, batch, tta: bool = False) -> np.ndarray:
-    """Softmax for a batch; with ``tta`` the mean over the four flips (:func:`predict_views`)."""
-    return predict_views(model, batch, (tta,))[tta]
-
-
 def window_views(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, batch_size: int = 8,
                  views=(False,), blend: bool = True) -> dict:
     """Window predictions at the image's own scale under each of ``views``, blended by :func:`gaussian_weight`

@@ -26,8 +26,8 @@ def test_tta_averages_the_four_flips_each_flipped_back():
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same", activation="softmax")(inputs))
     batch = np.random.default_rng(0).normal(size=(2, 16, 24, 3)).astype(np.float32)
-    plain = predictor.predict_batch(model, batch)
-    tta = predictor.predict_batch(model, batch, tta=True)
+    views = predictor.predict_views(model, batch, (False, True))
+    plain, tta = views[False], views[True]
     by_hand = np.mean([np.flip(model.predict(np.flip(batch, axes), verbose=0), axes)
                        for axes in [(), (1,), (2,), (1, 2)]], axis=0)
     np.testing.assert_allclose(tta, by_hand, atol=1e-6)
