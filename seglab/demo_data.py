@@ -34,11 +34,14 @@ def _hsv_color(rng: np.random.Generator, hue: float, sat: tuple, val: tuple) -> 
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def make_sample(rng: np.random.Generator, size: int, object_scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(rng: np.random.Generator, size: int, object_scale: int | None = None,
+                speck_chance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """One RGB image (uint8) and its class-index mask.
 
     Objects are sized relative to ``object_scale`` (default: ``size``); a larger ``size`` with
     the training ``object_scale`` gives a large scene with objects at the training scale.
+    ``speck_chance`` below 1 leaves the specks out of the other images, making them rare in
+    images as well as in pixels (``bench/sparse_specks.py``).
     """
     unit = object_scale or size
     crowd = max(1, round((size / unit) ** 2))
@@ -65,7 +68,8 @@ def make_sample(rng: np.random.Generator, size: int, object_scale: int | None = 
         on = layer.astype(bool)
         image[on] = surface[on]
         mask[on] = cls
-    for _ in range(int(rng.integers(2, 7) * crowd)):  # specks: the rare class
+    specks = int(rng.integers(2, 7) * crowd) if speck_chance >= 1 or rng.random() < speck_chance else 0  # the demo's draws unchanged
+    for _ in range(specks):  # specks: the rare class
         cx, cy = rng.integers(0, size, 2)
         radius = int(rng.integers(1, max(2, unit // 40) + 1))
         layer = np.zeros((size, size), np.uint8)

@@ -40,3 +40,11 @@ def test_objects_touch_or_overlap_and_backgrounds_are_textured():
         touching += bool((grown & bar).any())
         assert image[mask == 0].std() > 8  # noise and texture, not a flat colour
     assert touching >= 3
+
+
+def test_speck_chance_thins_the_specks_to_few_images():
+    rng = np.random.default_rng(0)
+    masks = [make_sample(rng, 96, speck_chance=0.25)[1] for _ in range(40)]
+    with_specks = sum((m == 3).any() for m in masks)
+    assert 3 <= with_specks <= 20
+    assert np.mean([(m == 3).mean() for m in masks]) < 0.01
