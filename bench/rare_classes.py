@@ -49,14 +49,23 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.mode=tile (repeatable)")
     parser.add_argument("--arch", default="unet")
+    parser.add_argument("--recipes", nargs="+", metavar="RECIPE", help="a subset of the four, by name with _ for spaces "
+                        "(e.g. class_weights both)")
     parser.add_argument("--out", help="folder for the four run folders (default: the config's run_dir + _rare_classes)")
     args = parser.parse_args()
     overrides = ["train.epochs=1000", "evaluation.tta=false", "evaluation.postprocess=false", *args.overrides,
                  f"train.time_budget_minutes={args.minutes}", f"model.architectures=[{args.arch}]"]
     cfg = load_config(args.config, overrides)
     out = Path(args.out or f"{cfg.run_dir}_rare_classes").resolve()
+    chosen = recipes(cfg)
+    if args.recipes:
+        unknown = set(args.recipes) - {name.replace(" ", "_") for name in chosen}
+        if unknown:
+            parser.error(f"unknown recipe(s) {', '.join(sorted(unknown))}; choose from "
+                         + ", ".join(name.replace(" ", "_") for name in chosen))
+        chosen = {name: extra for name, extra in chosen.items() if name.replace(" ", "_") in args.recipes}
     results = {}
-    for recipe, extra in recipes(cfg).items():
+    for recipe, extra in chosen.items():
         run_dir = out / recipe.replace(" ", "_")
         print(f"--- {recipe} ({', '.join(extra)}) in {run_dir}", flush=True)
         run_series(args.config, overrides + extra, str(run_dir), only=["00", "01", "02", "03", "04"])

@@ -13,12 +13,13 @@ keep the source's stem (``axial_012_y64x0``), so a ``data.group_pattern`` on the
 keeps neighbouring slices in one split. Prints the share of pixels and images of each class.
 """
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from seglab.readers import read_classes
 
 
 def main():
@@ -32,7 +33,7 @@ def main():
     src, out = Path(args.src), Path(args.out)
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    classes = json.loads((src / "classes.json").read_text())["classes"]
+    classes = read_classes(src / "classes.json").names
     counts, present, kept = np.zeros(len(classes)), np.zeros(len(classes)), 0
     for mask_path in sorted((src / "masks").glob("*.png")):
         image, mask = np.asarray(Image.open(src / "images" / mask_path.name)), np.asarray(Image.open(mask_path))
