@@ -148,8 +148,8 @@ class TrainConfig:
     time_budget_minutes: Optional[float] = setting(None, "stop training after this much wall time, per architecture",
                                                    Check(lambda v: v > 0, "a positive number of minutes, or null for "
                                                                           "no limit"))
-    sampling: str = setting("none", "rare: a share of every batch drawn to hold a rare class",
-                            one_of("none", "rare"))
+    sampling: str = setting("rare", "rare: a share of every batch drawn to hold a rare class; none: batches as "
+                                    "they come", one_of("none", "rare"))
     rare_share: float = setting(0.33, "sampling: the share of each batch that holds a rare class", FRACTION)
     rare_threshold: float = setting(0.05, "sampling: a class is rare below this share of the training pixels",
                                     FRACTION)
