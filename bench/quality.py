@@ -27,6 +27,7 @@ from seglab import evaluation, models
 from seglab.atomic import write_json
 from seglab.backend import keras, sm, tf
 from seglab.callbacks import TimeBudget
+from seglab.jsonrecord import FileStamp
 from seglab.predictor import Predictor, predict_image
 from seglab.records import DatasetRecord, History, ModelCard, ModelInput, Normalization
 from seglab.rundir import RunDir
@@ -89,7 +90,8 @@ def train_plain(run: RunDir, dataset: DatasetRecord, args, seed: int) -> tuple[P
     path = models.save_model(model, run.path("models", "plain.keras"))
     scale = Normalization(list(range(channels)), [1 / full_scale(dataset)] * channels, [0.0] * channels)
     ModelCard("unet", args.backbone, dataset.classes, dataset.colors, scale, args.size, dataset.pixel_scale,
-              ModelInput(channels, dataset.images.dtype, dataset.images.intensity)).save(path.with_suffix(".json"))
+              ModelInput(channels, dataset.images.dtype, dataset.images.intensity),
+              model=FileStamp.of(path)).save(path.with_suffix(".json"))  # the card names the very file, as 03's do
     return path, len(history.epoch)
 
 
