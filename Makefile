@@ -32,7 +32,7 @@ demo: $(VENV)/.installed  ## run the notebook series on the built-in demo data i
 	$(PY) -m seglab run --config configs/demo.yaml
 
 test: $(VENV)/.installed  ## unit tests and the series on a tiny config, then the same on Colab's versions
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile  # two processes, each test file whole in one (its fixtures run once)
 	$(MAKE) test-colab
 
 test-colab: $(VENV)/.installed $(COLAB_VENV)/.installed  ## notebooks 00-06 each in its own simulated Colab runtime
