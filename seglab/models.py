@@ -7,6 +7,9 @@ the loss) stay in float32.
 """
 from __future__ import annotations
 
+import json
+import tempfile
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from seglab.records import ModelCard, ModelInput
 
 SM_MODELS = {"unet": sm.Unet, "fpn": sm.FPN, "pspnet": sm.PSPNet, "linknet": sm.Linknet}
 MODEL_SUFFIX = ".keras"
+WEIGHTS_IN_ARCHIVE = "model.weights.h5"  # where Keras keeps the weights inside a .keras file
 # FPN merges its pyramid by summing: segmentation_models' default concatenation makes a 512-channel head at
 # stride 2 that cost 2.7x U-Net's training step against 1.95x (bench/architecture_cost.py, 96 px, CPU)
 FPN_AGGREGATION = "sum"
@@ -122,24 +126,34 @@ def float32_copy(model, spec: ModelSpec):
 
 
 def load_model(path: str | Path):
-    """A model notebook 03 saved (``models/ARCH.keras``), ready to predict (``compile=False``: sm's losses need
-    not be found).
+    """A model notebook 03 saved (``models/ARCH.keras``), ready to predict (not compiled: sm's losses need not
+    be found).
 
     Loading a model file can run the code it carries: a legacy ``.h5`` file or a SavedModel folder
     restores Python functions of ``Lambda`` layers whatever ``safe_mode`` says. So only ``.keras``
     files are loaded, with ``safe_mode=True``, which refuses such code.
+
+    The archive is read as ``keras.models.load_model`` reads it (its ``config.json``, then its
+    ``model.weights.h5``), except that the weights file is unpacked first: h5py reading it inside the zip
+    seeks backwards, which Python 3.11's ``zipfile`` does by reading the member again from its start, and a
+    demo model took 5-7 s to load instead of 0.8.
     """
     path = Path(path)
     if path.suffix != MODEL_SUFFIX or not path.is_file():
         raise ValueError(f"{path}: seglab loads only the .keras model files notebook 03 writes (an .h5 file or a "
                          "SavedModel folder can run code when it is loaded)")
-    try:
-        return keras.models.load_model(str(path), compile=False, safe_mode=True)
-    except ValueError as error:
-        if "lambda" not in str(error).lower():
-            raise
-        raise ValueError(f"{path}: the model holds Python code (a Lambda layer), which seglab will not run from a "
-                         "file; load it yourself with safe_mode=False only if you trust where it came from") from None
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as unpacked:
+        config = json.loads(archive.read("config.json"))
+        config["compile_config"] = None
+        try:
+            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        except ValueError as error:
+            if "lambda" not in str(error).lower():
+                raise
+            raise ValueError(f"{path}: the model holds Python code (a Lambda layer), which seglab will not run from "
+                             "a file; load it yourself with safe_mode=False only if you trust where it came from") from None
+        model.load_weights(archive.extract(WEIGHTS_IN_ARCHIVE, unpacked))
+    return model
 
 
 def card_for(spec: ModelSpec, dataset, norm) -> ModelCard:

@@ -345,6 +345,24 @@ def test_a_model_trained_in_mixed_precision_is_exported_in_float32(prepared):
     assert model(x).dtype == tf.float32
 
 
+def test_a_saved_model_loads_with_the_weights_and_predictions_keras_itself_loads(tmp_path):
+    spec = ModelSpec("unet", "resnet18", classes=3, input_size=64)
+    path = models.save_model(models.build_model(spec), tmp_path / "unet.keras")
+    ours, keras_own = models.load_model(path), keras.models.load_model(str(path), compile=False, safe_mode=True)
+    assert [w.name for w in ours.weights] == [w.name for w in keras_own.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(ours.get_weights(), keras_own.get_weights()))
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_array_equal(ours.predict_on_batch(x), keras_own.predict_on_batch(x))
+
+
+def test_a_model_file_carrying_python_code_is_refused(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(str(tmp_path / "lambda.keras"))
+    with pytest.raises(ValueError, match="lambda.keras: the model holds Python code"):
+        models.load_model(tmp_path / "lambda.keras")
+
+
 def _one_hot(labels, n):
     return tf.one_hot(np.asarray(labels), n).numpy()
 
