@@ -107,8 +107,9 @@ def score_images(pairs, label_maps: Callable[[np.ndarray], dict], classes: list,
     return scores, per_image
 
 
-def _variants(cfg):
-    tta = [False, True] if cfg.evaluation.tta else [False]
+def _variants(cfg, card):
+    """Every option to try on validation; test-time flips only for a model trained with mirrors."""
+    tta = [False, True] if cfg.evaluation.tta and card.mirror_axes else [False]
     post = [(size, opening) for size in cfg.evaluation.min_component_sizes for opening in (False, True)] \
         if cfg.evaluation.postprocess else [(0, False)]
     return [{"tta": t, "min_component_size": s, "opening": o} for t, (s, o) in itertools.product(tta, post)]
@@ -131,7 +132,7 @@ def variant_labels(model: Predictor, image: np.ndarray, variants: list[dict], cf
 
 def evaluate_model(model: Predictor, cfg, run: RunDir, dataset: DatasetRecord, out_dir: Path | None = None) -> ModelScores:
     """Pick the option with the best validation mean IoU; report plain and chosen on test."""
-    classes, variants = dataset.classes, _variants(cfg)
+    classes, variants = dataset.classes, _variants(cfg, model.card)
     label_maps = lambda image: variant_labels(model, image, variants, cfg)
     val, _ = score_images(original_pairs(run, dataset, "val"), label_maps, classes, desc="validation")
     options = {_name(v): v for v in variants}
@@ -232,7 +233,8 @@ def weak_classes(report: Metrics) -> str:
 
 
 def baselines(cfg, run: RunDir, split: str = "val") -> dict:
-    """Each trained model beside what it must beat: the majority class everywhere, and the same network untrained.
+    """Each trained model beside what it must beat: the majority class everywhere, and the first architecture
+    untrained (one is enough to show what training adds; each costs a build and a pass).
 
     One pass over the split's original images, scored like notebook 04 (no options).
     """
@@ -240,10 +242,9 @@ def baselines(cfg, run: RunDir, split: str = "val") -> dict:
     majority = int(np.argmax(dataset.splits["train"].pixels))
     predictors = {arch: Predictor.load(run.path(s.model)) for arch, s in run.read(TrainingRecord).models.items()}
     norm = input_normalization(dataset.images, cfg.model.backbone)
-    for arch in cfg.model.architectures:
-        spec = models.ModelSpec.of(arch, cfg, dataset)
-        spec.encoder_weights = None
-        predictors[f"{arch} untrained"] = Predictor(models.build_model(spec), models.card_for(spec, dataset, norm))
+    spec = models.ModelSpec.of(cfg.model.architectures[0], cfg, dataset)
+    spec.encoder_weights = None
+    predictors[f"{spec.arch} untrained"] = Predictor(models.build_model(spec), models.card_for(spec, dataset, norm, []))
 
     def label_maps(image):
         maps = {"majority class": np.full(image.shape[:2], majority, np.uint8)}

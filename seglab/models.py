@@ -156,12 +156,13 @@ def load_model(path: str | Path):
     return model
 
 
-def card_for(spec: ModelSpec, dataset, norm) -> ModelCard:
-    """What prediction needs to know about a model of ``spec`` trained on the dataset record ``dataset``."""
+def card_for(spec: ModelSpec, dataset, norm, mirror_axes: list[int]) -> ModelCard:
+    """What prediction needs to know about a model of ``spec`` trained on the dataset record ``dataset`` with the
+    mirrors ``mirror_axes`` among its augmentations."""
     images = dataset.images
     return ModelCard(architecture=spec.arch, backbone=spec.backbone, classes=dataset.classes, colors=dataset.colors,
                      normalization=norm, input_size=spec.input_size, pixel_scale=dataset.pixel_scale,
-                     input=ModelInput(images.channels, images.dtype, images.intensity))
+                     input=ModelInput(images.channels, images.dtype, images.intensity), mirror_axes=list(mirror_axes))
 
 
 def save_model(model, path: Path) -> Path:

@@ -56,6 +56,9 @@ def labels(one_hot) -> np.ndarray:
     return np.where(one_hot.sum(-1) > 0, one_hot.argmax(-1), IGNORE).astype(np.uint8)
 
 
+MIRROR_AXES = {"none": [], "flip": [2], "strong": [1, 2]}  # the batch axes each augmentation mirrors (2: left-right)
+
+
 def augment(image, mask, low, high, kind: str):
     """``flip``: a random left-right mirror of both. ``strong`` adds up-down mirrors and quarter turns of both,
     then a brightness (up to 20/255 of each channel's range ``low``-``high``, one draw for all) and contrast

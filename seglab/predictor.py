@@ -66,18 +66,24 @@ def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
     return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
 
 
-FLIPS = [(), (2,), (1,), (1, 2)]  # test-time flips; the first is the image itself
+FLIPS = [(), (2,), (1,), (1, 2)]  # test-time flips of a batch; the first is the image itself, (2,) left-right
 
 
-def predict_views(model, batch, views=(False,)) -> dict:
-    """Softmax for a batch under each of ``views``: ``False`` plain, ``True`` the mean over :data:`FLIPS`, each
+def flips_for(mirror_axes) -> list[tuple]:
+    """The test-time flips of a model trained with the mirrors ``mirror_axes`` (its card's): only those it has
+    seen, as nnU-Net mirrors only along its training mirrors. Left-right alone: the image and its mirror."""
+    return [axes for axes in FLIPS if set(axes) <= set(mirror_axes)]
+
+
+def predict_views(model, batch, views=(False,), flips=FLIPS) -> dict:
+    """Softmax for a batch under each of ``views``: ``False`` plain, ``True`` the mean over ``flips``, each
     flipped back. One call to the model whatever the views: the flips go through as one batch, and the plain
-    prediction is its first quarter (per-call overhead dominates small windows on a CPU)."""
+    prediction is its first part (per-call overhead dominates small windows on a CPU)."""
     if True not in views:
         return {False: np.asarray(model.predict_on_batch(batch))}
-    stacked = np.concatenate([np.flip(batch, axes) for axes in FLIPS])
-    p = np.asarray(model.predict_on_batch(stacked)).reshape(len(FLIPS), *batch.shape[:3], -1)
-    flipped = {True: np.mean([np.flip(part, axes) for part, axes in zip(p, FLIPS)], axis=0)}
+    stacked = np.concatenate([np.flip(batch, axes) for axes in flips])
+    p = np.asarray(model.predict_on_batch(stacked)).reshape(len(flips), *batch.shape[:3], -1)
+    flipped = {True: np.mean([np.flip(part, axes) for part, axes in zip(p, flips)], axis=0)}
     return {**flipped, False: p[0]} if False in views else flipped
 
 
@@ -93,7 +99,8 @@ def window_views(predictor: Predictor, image: np.ndarray, overlap: float = 0.5, 
     corners = geometry.window_corners(*x.shape[:2], tile, overlap)
     for start in range(0, len(corners), batch_size):
         chunk = corners[start:start + batch_size]
-        predicted = predict_views(predictor.model, np.stack([x[y:y + tile, x0:x0 + tile] for y, x0 in chunk]), views)
+        windows = np.stack([x[y:y + tile, x0:x0 + tile] for y, x0 in chunk])
+        predicted = predict_views(predictor.model, windows, views, flips_for(predictor.card.mirror_axes))
         for i, (y, x0) in enumerate(chunk):
             for view, total in totals.items():
                 total[y:y + tile, x0:x0 + tile] += predicted[view][i] * weight

@@ -207,6 +207,7 @@ class ModelCard(Record):
     pixel_scale: list[float]
     input: ModelInput
     model: Optional[FileStamp] = None
+    mirror_axes: list[int] = field(default_factory=lambda: [1, 2])  # the mirrors it was trained with: test-time flips
 
     @classmethod
     def beside(cls, model_path: str | Path) -> "ModelCard":

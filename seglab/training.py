@@ -24,7 +24,7 @@ from seglab.backend import keras, tf
 from seglab.atomic import atomic_dir, write_text
 from seglab.callbacks import BestWeights, CosineDecay, EpochLine, PeriodicBackup, TimeBudget
 from seglab.normalization import input_normalization
-from seglab.pipeline import Batching, SplitData, fit_batch_size, make_dataset
+from seglab.pipeline import MIRROR_AXES, Batching, SplitData, fit_batch_size, make_dataset
 from seglab.jsonrecord import FileStamp, MissingInput
 from seglab.records import (ClassWeights, DatasetRecord, History, ModelCard, Normalization, ResumeKey, TrainingRecord,
                             TrainingSummary)
@@ -230,7 +230,7 @@ def prepare(arch: str, cfg, step: Step, dataset: DatasetRecord, strategy, extra_
     train, val = pipelines(dataset, cfg, step.run, norm, batch, replicas, log)
     paths, resumed = _resume_or_start(arch, cfg, step, chief, log)
     spec = models.ModelSpec.of(arch, cfg, dataset)
-    return TrainingSetup(spec, models.card_for(spec, dataset, norm), train, val,
+    return TrainingSetup(spec, models.card_for(spec, dataset, norm, MIRROR_AXES[cfg.data.augment]), train, val,
                          callbacks(arch, cfg, step.run, paths, chief, resumed, extra_callbacks, log), resumed,
                          batch * replicas, replicas, paths)
 

@@ -5,6 +5,7 @@ from PIL import Image
 
 from seglab import evaluation, metrics, predictor
 from seglab.backend import keras
+from seglab.records import Normalization
 from seglab.rundir import RunDir
 
 
@@ -34,6 +35,34 @@ def test_tta_averages_the_four_flips_each_flipped_back():
     assert np.abs(tta - plain).max() > 1e-3
 
 
+def test_test_time_flips_are_the_mirrors_the_model_was_trained_with():
+    """A model trained with left-right mirrors only is averaged over the image and its mirror: two views, not four."""
+    assert predictor.flips_for([]) == [()]
+    assert predictor.flips_for([2]) == [(), (2,)]
+    assert predictor.flips_for([1, 2]) == predictor.FLIPS
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same", activation="softmax")(inputs))
+    card = SimpleNamespace(mirror_axes=[2], pixel_scale=[1.0, 1.0], input_size=16, classes=["a", "b", "c"],
+                           normalization=Normalization([0, 1, 2], [1 / 255] * 3, [0.0] * 3))
+    calls = []
+    real = model.predict_on_batch
+    model.predict_on_batch = lambda batch: calls.append(len(batch)) or real(batch)
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3)).astype(np.float32)
+    tta = predictor.predict_image(predictor.Predictor(model, card), image, tta=True)
+    x = image[None] / 255
+    by_hand = (real(x)[0] + np.flip(real(np.flip(x, 2)), 2)[0]) / 2
+    np.testing.assert_allclose(tta, by_hand, atol=1e-6)
+    assert calls == [2]
+
+
+def test_a_model_trained_without_mirrors_is_not_offered_test_time_flips(make_config):
+    cfg = make_config("evaluation.tta=true")
+    names = lambda axes: {evaluation._name(v) for v in evaluation._variants(cfg, SimpleNamespace(mirror_axes=axes))}
+    assert not any("tta" in name for name in names([]))
+    assert "tta" in names([2])
+
+
 def _originals(truths: dict) -> dict:
     """``{split: [(stem, image, mask)]}`` for made-up originals, as notebook 01's shards yield them."""
     return {split: [(f"{split}{i}", np.zeros(m.shape + (3,), np.uint8), m) for i, m in enumerate(masks)]
@@ -53,7 +82,8 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     monkeypatch.setattr(predictor, "predict_views_of_image", lambda *a, **k: {False: np.eye(2)[noisy]})
     out = tmp_path / "predictions"
     out.mkdir()
-    result = evaluation.evaluate_model(None, cfg, run, dataset, out)
+    model = SimpleNamespace(card=SimpleNamespace(mirror_axes=[2]))
+    result = evaluation.evaluate_model(model, cfg, run, dataset, out)
     chosen = result.selected_on_val["name"]
     assert chosen in ("remove<5px", "opening")  # both clean val perfectly; plain does not
     assert result.variants["plain"]["val_mean_iou"] < result.variants[chosen]["val_mean_iou"] == 1.0

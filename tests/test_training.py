@@ -15,7 +15,7 @@ from seglab.callbacks import PeriodicBackup
 from seglab.backend import keras, tf
 from seglab.config import ConfigError
 from seglab.models import ModelSpec
-from seglab.records import DatasetRecord, TrainingRecord
+from seglab.records import DatasetRecord, ModelCard, TrainingRecord
 from seglab.rundir import RunDir
 
 
@@ -293,7 +293,7 @@ def test_a_state_cut_off_before_its_first_write_trains_the_logged_epochs_again(p
 def test_training_ends_with_the_best_epochs_weights(prepared, monkeypatch):
     """The saved model holds the weights of the epoch with the best validation mean IoU, not the last epoch's."""
     cfg, run, weights = prepared
-    cfg.train.epochs = 3
+    cfg.train.epochs, cfg.data.augment = 3, "strong"
     scores = iter([0.5, 0.9, 0.7])  # epoch 2 is the best
 
     class Scored(keras.callbacks.Callback):  # before BestWeights reads the logs
@@ -305,6 +305,7 @@ def test_training_ends_with_the_best_epochs_weights(prepared, monkeypatch):
     cut = _CutAfter(99)
     train(cfg, run, weights, extra_callbacks=[cut])
     model = models.load_model(run.path("models", "unet.keras"))
+    assert ModelCard.beside(run.path("models", "unet.keras")).mirror_axes == [1, 2]  # strong: both mirrors, for test-time flips
     for saved, best in zip(model.get_weights(), cut.weights[1]):
         np.testing.assert_allclose(saved, best, rtol=1e-6)
     assert not np.allclose(model.get_weights()[0], cut.weights[2][0])
