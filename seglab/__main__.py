@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     predict.add_argument("--tile", type=int, help="window size; must be the model's input size (the default)")
     predict.add_argument("--overlap", type=float, default=0.5, help="overlap between windows, 0 to 0.9")
     predict.add_argument("--batch-size", type=int, default=8)
-    predict.add_argument("--tta", action="store_true", help="average over the mirrors the model was trained with (two to four times slower)")
+    predict.add_argument("--tta", action="store_true",
+                         help="average over the mirrors the model was trained with (two to four times slower)")
     predict.add_argument("--no-overlays", action="store_true")
     predict.add_argument("--max-megapixels", type=float, default=256.0,
                          help="refuse an image that decodes to more (from its header, before reading it)")

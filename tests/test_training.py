@@ -305,7 +305,7 @@ def test_training_ends_with_the_best_epochs_weights(prepared, monkeypatch):
     cut = _CutAfter(99)
     train(cfg, run, weights, extra_callbacks=[cut])
     model = models.load_model(run.path("models", "unet.keras"))
-    assert ModelCard.beside(run.path("models", "unet.keras")).mirror_axes == [1, 2]  # strong: both mirrors, for test-time flips
+    assert ModelCard.beside(run.path("models", "unet.keras")).mirror_axes == [1, 2]  # strong: both, for test-time flips
     for saved, best in zip(model.get_weights(), cut.weights[1]):
         np.testing.assert_allclose(saved, best, rtol=1e-6)
     assert not np.allclose(model.get_weights()[0], cut.weights[2][0])
