@@ -42,7 +42,7 @@ class Batching:
     augment: str = "none"  # none | flip | strong
     seed: int = 0
     repeat: bool = False
-    pad_to: int | None = None  # append fully ignored samples up to a multiple of this (evaluation on replicas)
+    pad_to: int | None = None  # append fully ignored samples up to a multiple of this (validation)
     crop: int | None = None  # random windows of this side from each full-size record
     crops_per_image: int = 1
     rare: tuple = field(default_factory=tuple)  # class indices forced into ``rare_share`` of the samples
@@ -162,10 +162,11 @@ def make_dataset(data: SplitData, norm: Normalization, batching: Batching):
     ``data.size`` tell Keras and ``tf.distribute`` the length and the static shape, with which a
     last partial batch is split over replicas.
 
-    ``batching.pad_to`` (evaluation on several replicas) appends fully ignored samples up to a
-    multiple of the global batch: ``tf.distribute`` hands a file-based dataset's last partial
-    batch to the first replica alone and an empty batch to the others, on which batch
-    normalisation fails. Ignored pixels count in no score and no Dice term.
+    ``batching.pad_to`` (validation) appends fully ignored samples up to a multiple of the global
+    batch, so every batch has one shape (Keras traces its test step once) and, on several replicas,
+    none is empty: ``tf.distribute`` hands a file-based dataset's last partial batch to the first
+    replica alone and an empty batch to the others, on which batch normalisation fails. Ignored
+    pixels count in no score and no Dice term.
 
     ``batching.crop``: random windows of the full-size images (``data.train_tiles: random_crops``).
     ``batching.rare`` and ``rare_share``: that share of the samples, spread evenly over every

@@ -82,7 +82,9 @@ def pipelines(dataset: DatasetRecord, cfg, run: RunDir, norm: Normalization, bat
                               crops_per_image=round(splits["train"].items / records), rare=rare,
                               rare_share=cfg.train.rare_share)
     val = SplitData(val_files, dataset.images, n, splits["val"].items, size)
-    val_batching = Batching(batch * replicas, pad_to=batch * replicas if replicas > 1 else None)
+    # padded with ignored samples to whole batches: a last partial batch would make Keras trace test_function twice
+    # (once per batch shape), and on several replicas leave one replica an empty batch
+    val_batching = Batching(batch * replicas, pad_to=batch * replicas)
     return make_dataset(train, norm, train_batching), make_dataset(val, norm, val_batching)
 
 

@@ -15,6 +15,7 @@ from seglab.callbacks import PeriodicBackup
 from seglab.backend import keras, tf
 from seglab.config import ConfigError
 from seglab.models import ModelSpec
+from seglab.normalization import input_normalization
 from seglab.records import DatasetRecord, ModelCard, TrainingRecord
 from seglab.rundir import RunDir
 
@@ -523,3 +524,16 @@ def test_the_gpu_check_says_when_a_cpu_trains_in_bfloat16(monkeypatch, native):
     if report.accelerator != "CPU":
         pytest.skip("a machine with an accelerator")
     assert ("mixed_bfloat16" in gpu_check.advice(report)) == native
+
+
+def test_validation_comes_in_whole_batches_the_last_one_padded_with_ignored_samples(prepared):
+    """One batch shape, so Keras traces its test step once; the padding is labelled nowhere, so it counts nowhere."""
+    cfg, run, _ = prepared
+    dataset = run.read(DatasetRecord)
+    items = dataset.splits["val"].items
+    norm = input_normalization(dataset.images, cfg.model.backbone)
+    _, val = training.pipelines(dataset, cfg, run, norm, batch=items + 1, replicas=1)
+    batches = [mask.numpy() for _, mask in val]
+    assert [len(mask) for mask in batches] == [items + 1]
+    labelled = batches[0].sum(axis=(1, 2, 3)) > 0
+    assert labelled.tolist() == [True] * items + [False]
