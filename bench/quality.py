@@ -28,7 +28,7 @@ from seglab.atomic import write_json
 from seglab.backend import keras, sm, tf
 from seglab.callbacks import TimeBudget
 from seglab.jsonrecord import FileStamp
-from seglab.predictor import Predictor, predict_image
+from seglab.predictor import Predictor, predict_views_of_images
 from seglab.records import DatasetRecord, History, ModelCard, ModelInput, Normalization
 from seglab.rundir import RunDir
 from seglab.shards import original_pairs, read_samples
@@ -98,9 +98,9 @@ def train_plain(run: RunDir, dataset: DatasetRecord, args, seed: int) -> tuple[P
 def score(run: RunDir, dataset: DatasetRecord, model_path: Path) -> dict:
     """Notebook 04's plain score: every test image at its original size, one confusion matrix."""
     predictor = Predictor.load(model_path)
-    label_maps = lambda image: {"plain": np.argmax(predict_image(predictor, image), -1)}
+    label_maps = lambda images: [{"plain": np.argmax(p[False], -1)} for p in predict_views_of_images(predictor, images)]
     scores, _ = evaluation.score_images(original_pairs(run, dataset, "test"), label_maps, dataset.classes,
-                                        desc=model_path.stem)
+                                        desc=model_path.stem, group_pixels=evaluation.batch_pixels(predictor, 8))
     return {"mean_iou": scores["plain"]["mean_iou"], "per_class_iou": scores["plain"]["per_class_iou"]}
 
 

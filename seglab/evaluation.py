@@ -2,8 +2,9 @@
 
 Each validation and test image is predicted at its original size, by the same
 :class:`~seglab.predictor.Predictor` that notebook 06 and ``seglab predict`` use, and
-compared with its original mask. Images stream through one at a time: a confusion matrix
-per (option, split) is all that is kept, so memory does not grow with the dataset.
+compared with its original mask. Images stream through a few at a time (as many as one batch
+of windows holds, predicted together): a confusion matrix per (option, split) is all that is
+kept, so memory does not grow with the dataset.
 Options that could be tuned (test-time flips, removing small components, opening) are
 chosen on the validation split; the test split only reports, before and after.
 
@@ -86,23 +87,40 @@ class PredictionSaver:
         self.saved.append(stem)
 
 
-def score_images(pairs, label_maps: Callable[[np.ndarray], dict], classes: list, keep: str | None = None,
-                 saver: PredictionSaver | None = None, desc: str = "scoring") -> tuple[dict, dict]:
-    """Stream ``(stem, image, mask)`` pairs through ``label_maps(image) -> {name: labels}``.
+def groups(pairs, pixels: int):
+    """Consecutive ``(stem, image, mask)`` pairs in lists of at most ``pixels`` image pixels (an image larger than
+    that alone): images predicted together share the model's batches, and memory stays bounded."""
+    group, total = [], 0
+    for pair in pairs:
+        size = pair[1].shape[0] * pair[1].shape[1]
+        if group and total + size > pixels:
+            yield group
+            group, total = [], 0
+        group.append(pair)
+        total += size
+    if group:
+        yield group
+
+
+def score_images(pairs, label_maps: Callable[[list], list], classes: list, keep: str | None = None,
+                 saver: PredictionSaver | None = None, desc: str = "scoring", group_pixels: int = 0) -> tuple[dict, dict]:
+    """Stream ``(stem, image, mask)`` pairs, in :func:`groups` of ``group_pixels``, through
+    ``label_maps(images) -> [{name: labels}, ...]``.
 
     Returns the scores of every name from its confusion matrix over all images, and, for
     the name ``keep``, each image's mean IoU (its labels are offered to ``saver``).
     """
     n = len(classes)
     totals, per_image = {}, {}
-    for stem, image, truth in tqdm(pairs, desc=desc):
-        for name, labels in label_maps(image).items():
-            cm = metrics.confusion_matrix(truth, labels, n)
-            totals[name] = totals.get(name, 0) + cm
-            if name == keep:
-                per_image[stem] = metrics.image_mean_iou(cm)
-                if saver is not None:
-                    saver.offer(stem, per_image[stem], labels)
+    for group in groups(tqdm(pairs, desc=desc), group_pixels):
+        for (stem, _, truth), maps in zip(group, label_maps([image for _, image, _ in group])):
+            for name, labels in maps.items():
+                cm = metrics.confusion_matrix(truth, labels, n)
+                totals[name] = totals.get(name, 0) + cm
+                if name == keep:
+                    per_image[stem] = metrics.image_mean_iou(cm)
+                    if saver is not None:
+                        saver.offer(stem, per_image[stem], labels)
     scores = {name: {**metrics.scores(cm, classes), "confusion_matrix": cm.tolist()} for name, cm in totals.items()}
     return scores, per_image
 
@@ -122,25 +140,32 @@ def _name(variant: dict) -> str:
     return "+".join(p for p in parts if p) or "plain"
 
 
-def variant_labels(model: Predictor, image: np.ndarray, variants: list[dict], cfg) -> dict:
-    """The label map of every option for one image, from one prediction: plain and flipped in the same batches."""
-    probabilities = predictor.predict_views_of_image(model, image, cfg.inference.tile_overlap,
-                                                     cfg.inference.batch_size, tuple({v["tta"] for v in variants}))
-    return {_name(v): postprocess(np.argmax(probabilities[v["tta"]], -1).astype(np.uint8), v["min_component_size"],
-                                  v["opening"]) for v in variants}
+def variant_labels(model: Predictor, images: list, variants: list[dict], cfg) -> list[dict]:
+    """The label map of every option for each image, from one prediction: plain and flipped in the same batches."""
+    views = tuple({v["tta"] for v in variants})
+    return [{_name(v): postprocess(np.argmax(probabilities[v["tta"]], -1).astype(np.uint8), v["min_component_size"],
+                                   v["opening"]) for v in variants}
+            for probabilities in predictor.predict_views_of_images(model, images, cfg.inference.tile_overlap,
+                                                                   cfg.inference.batch_size, views)]
+
+
+def batch_pixels(model: Predictor, batch_size: int) -> int:
+    """The image pixels one batch of ``batch_size`` windows holds: the size of the groups of images predicted together."""
+    return batch_size * model.tile ** 2
 
 
 def evaluate_model(model: Predictor, cfg, run: RunDir, dataset: DatasetRecord, out_dir: Path | None = None) -> ModelScores:
     """Pick the option with the best validation mean IoU; report plain and chosen on test."""
     classes, variants = dataset.classes, _variants(cfg, model.card)
-    label_maps = lambda image: variant_labels(model, image, variants, cfg)
-    val, _ = score_images(original_pairs(run, dataset, "val"), label_maps, classes, desc="validation")
+    label_maps = lambda images: variant_labels(model, images, variants, cfg)
+    group = batch_pixels(model, cfg.inference.batch_size)
+    val, _ = score_images(original_pairs(run, dataset, "val"), label_maps, classes, desc="validation", group_pixels=group)
     options = {_name(v): v for v in variants}
     simplest_first = lambda k: (val[k]["mean_iou"], -sum(map(bool, options[k].values())))
     chosen = max(val, key=simplest_first)  # on a tie, the option with fewer parts
     saver = PredictionSaver(out_dir, cfg.evaluation.saved_predictions) if out_dir is not None else None
     test, per_image = score_images(original_pairs(run, dataset, "test"), label_maps, classes,
-                                   keep=chosen, saver=saver, desc="test")
+                                   keep=chosen, saver=saver, desc="test", group_pixels=group)
     return ModelScores(
         **test["plain"],
         per_image_iou=per_image,  # of the chosen option
@@ -246,12 +271,15 @@ def baselines(cfg, run: RunDir, split: str = "val") -> dict:
     spec.encoder_weights = None
     predictors[f"{spec.arch} untrained"] = Predictor(models.build_model(spec), models.card_for(spec, dataset, norm, []))
 
-    def label_maps(image):
-        maps = {"majority class": np.full(image.shape[:2], majority, np.uint8)}
+    def label_maps(images):
+        maps = [{"majority class": np.full(image.shape[:2], majority, np.uint8)} for image in images]
         for name, model in predictors.items():
-            maps[name] = np.argmax(predictor.predict_image(model, image, cfg.inference.tile_overlap,
-                                                           cfg.inference.batch_size), -1)
+            for image_maps, p in zip(maps, predictor.predict_views_of_images(model, images, cfg.inference.tile_overlap,
+                                                                             cfg.inference.batch_size)):
+                image_maps[name] = np.argmax(p[False], -1)
         return maps
 
-    scores, _ = score_images(original_pairs(run, dataset, split), label_maps, dataset.classes, desc=split)
+    group = min(batch_pixels(model, cfg.inference.batch_size) for model in predictors.values())
+    scores, _ = score_images(original_pairs(run, dataset, split), label_maps, dataset.classes, desc=split,
+                             group_pixels=group)
     return scores

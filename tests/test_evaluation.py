@@ -79,10 +79,10 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     run = RunDir(tmp_path / "run")
     monkeypatch.setattr(evaluation, "original_pairs",
                         lambda where, record, split: (where, record) == (run, dataset) and iter(pairs[split]))
-    monkeypatch.setattr(predictor, "predict_views_of_image", lambda *a, **k: {False: np.eye(2)[noisy]})
+    monkeypatch.setattr(predictor, "predict_views_of_images", lambda model, images, *a, **k: [{False: np.eye(2)[noisy]}])
     out = tmp_path / "predictions"
     out.mkdir()
-    model = SimpleNamespace(card=SimpleNamespace(mirror_axes=[2]))
+    model = SimpleNamespace(card=SimpleNamespace(mirror_axes=[2]), tile=8)
     result = evaluation.evaluate_model(model, cfg, run, dataset, out)
     chosen = result.selected_on_val["name"]
     assert chosen in ("remove<5px", "opening")  # both clean val perfectly; plain does not
@@ -93,27 +93,31 @@ def test_options_are_chosen_on_validation_not_test(monkeypatch, make_config, tmp
     assert np.asarray(Image.open(out / "test0.png"))[0, 0] == 0  # the chosen option's labels are saved
 
 
-def test_scores_come_from_original_sizes_streamed_one_image_at_a_time(tmp_path):
-    """Every original pixel counts once, ignored pixels not at all, whatever the image's size."""
+def test_scores_come_from_original_sizes_streamed_a_few_images_at_a_time(tmp_path):
+    """Every original pixel counts once, ignored pixels not at all, whatever the image's size; images come in
+    groups of at most ``group_pixels`` (a larger one alone), in their order."""
     rng = np.random.default_rng(0)
-    masks = [rng.integers(0, 3, (37, 53)).astype(np.uint8), rng.integers(0, 3, (20, 11)).astype(np.uint8)]
+    shapes = [(37, 53), (20, 11), (10, 10), (5, 4)]
+    masks = [rng.integers(0, 3, shape).astype(np.uint8) for shape in shapes]
     masks[1][:5] = 255  # ignored
     pairs = _originals({"test": masks})["test"]
     seen = []
 
-    def label_maps(image):
-        seen.append(image.shape)
-        return {"perfect": masks[len(seen) - 1] % 255, "zeros": np.zeros(image.shape[:2], np.uint8)}
+    def label_maps(images):
+        seen.append([image.shape for image in images])
+        first = sum(map(len, seen[:-1]))
+        return [{"perfect": masks[first + i] % 255, "zeros": np.zeros(image.shape[:2], np.uint8)}
+                for i, image in enumerate(images)]
 
     out = tmp_path / "out"
     out.mkdir()
     scores, per_image = evaluation.score_images(iter(pairs), label_maps, ["a", "b", "c"], keep="zeros",
-                                                saver=evaluation.PredictionSaver(out, first=8))
-    assert seen == [(37, 53, 3), (20, 11, 3)]
+                                                saver=evaluation.PredictionSaver(out, first=8), group_pixels=400)
+    assert seen == [[(37, 53, 3)], [(20, 11, 3), (10, 10, 3), (5, 4, 3)]]
     cm = np.array(scores["perfect"]["confusion_matrix"])
-    assert cm.sum() == 37 * 53 + 20 * 11 - 5 * 11 and (cm == np.diag(np.diag(cm))).all()
+    assert cm.sum() == 37 * 53 + 20 * 11 - 5 * 11 + 100 + 20 and (cm == np.diag(np.diag(cm))).all()
     assert scores["perfect"]["mean_iou"] == 1.0 and scores["zeros"]["mean_iou"] < 0.5
-    assert set(per_image) == {"test0", "test1"} and Image.open(out / "test0.png").size == (53, 37)
+    assert set(per_image) == {"test0", "test1", "test2", "test3"} and Image.open(out / "test0.png").size == (53, 37)
 
 
 def test_image_mean_iou_counts_invented_objects():
