@@ -62,7 +62,7 @@ def test_the_checks_see_what_they_look_for():
 def test_the_lessons_show_segmentation_models_and_keras_calls():
     code = {p.name[:2]: "\n".join(c.source for c in _cells(p, "code")) for p in NOTEBOOKS}
     for call in ("sm.Unet(", "sm.FPN(", "sm.PSPNet(", "sm.losses.DiceLoss(class_weights=", "sm.losses.CategoricalFocalLoss()",
-                 ".compile(optimizer=keras.optimizers.Adam("):
+                 ".compile(optimizer=keras.optimizers.legacy.Adam("):
         assert call in code["03"], call
     assert "tf.data.TFRecordDataset(" in code["01"] and ".prefetch(tf.data.AUTOTUNE)" in code["01"]
     assert "sm.get_preprocessing(" in code["01"] and "tf.config.list_physical_devices()" in code["00"]
