@@ -17,6 +17,8 @@ def main(argv=None) -> int:
                      help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--run-dir", help="run folder (default: the config's run_dir)")
     run.add_argument("--only", nargs="+", metavar="NN", help="run only the notebooks whose names start so, e.g. 00 01")
+    run.add_argument("--jobs", type=int, help="notebooks at a time where neither reads the other's outputs "
+                                              "(default: 2 without a GPU, 1 with one)")
     render = commands.add_parser("render", help="run the demo and write the executed notebooks and README results")
     render.add_argument("--cells-only", action="store_true",
                         help="only stamp the set-up cell, parameters and Colab badges into notebooks/ and README, no run")
@@ -45,6 +47,10 @@ def main(argv=None) -> int:
 
     from seglab.runner import NotebookFailed, run_series
 
+    if args.command == "run" and args.jobs is not None and args.jobs < 1:
+        print(f"error: --jobs {args.jobs} must be at least 1", file=sys.stderr)
+        return 1
+
     try:
         if args.command == "render":
             from seglab.render import render, stamp_notebooks
@@ -54,11 +60,12 @@ def main(argv=None) -> int:
             else:
                 render()
             return 0
-        timings = run_series(args.config, args.overrides, args.run_dir, args.only)
+        timings = run_series(args.config, args.overrides, args.run_dir, args.only, jobs=args.jobs)
     except (ConfigError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"series finished in {sum(timings.values()):.0f} s: " + ", ".join(f"{k} {v} s" for k, v in timings.items()))
+    print(f"series finished in {timings.series:.0f} s: "
+          + ", ".join(f"{k} {v} s" for k, v in timings.notebooks.items()))
     return 0
 
 

@@ -30,11 +30,12 @@ READS = {  # what each step reads: it may not run while one of these, or a step 
     "evaluation": ("data", "training"), "visualization": ("data", "training", "evaluation"),
     "inference": ("data", "training"), "export": ("data", "training"),
 }
-WRITES = {  # what each step writes in the run folder: a kill's leftovers there are its to clean
-    "gpu_check": ("env.json",), "data": ("dataset",), "class_weights": ("class_weights.json",),
-    "training": ("models", "history", "train_state", "checkpoints", "training.json"),
-    "evaluation": ("metrics.json", "comparison.csv", "predictions"), "visualization": ("figures",),
-    "inference": ("inference",), "export": ("export",),
+WRITES = {  # what each step writes in the run folder: a kill's leftovers there are its to clean (figures/NN_*: the
+    # figures of notebook NN, so that a step starting never removes another's figure half-written at that moment)
+    "gpu_check": ("env.json",), "data": ("dataset", "figures/01_*"), "class_weights": ("class_weights.json", "figures/02_*"),
+    "training": ("models", "history", "train_state", "checkpoints", "training.json", "figures/03_*"),
+    "evaluation": ("metrics.json", "comparison.csv", "predictions"), "visualization": ("figures/05_*",),
+    "inference": ("inference", "figures/06_*"), "export": ("export",),
 }
 
 

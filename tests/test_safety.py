@@ -300,6 +300,20 @@ def test_a_second_runtime_is_refused_with_the_holder_named(holder):
     run.begin("gpu_check").finish()  # a step that shares nothing with 03 runs alongside it
 
 
+def test_a_step_starting_removes_its_own_half_written_figures_and_no_others(tmp_path):
+    """05 and 06 may run at once (neither reads the other's outputs): 05 starting must not take the figure 06
+    is writing at that moment, only what a killed 05 left."""
+    run = RunDir(tmp_path / "run")
+    run.begin("gpu_check").finish()
+    figures = atomic.mark(run.path("figures"))
+    writing = figures / ".06_zoomed.png.k2j4.tmp.png"  # atomic_file's temporary name, 06 mid-write
+    killed = figures / ".05_confusion_matrices.png.x9q1.tmp.png"  # a killed 05's
+    for path in (writing, killed):
+        path.write_bytes(b"half a png")
+    run.begin("visualization").release()
+    assert writing.exists() and not killed.exists()
+
+
 def test_a_crashed_holder_does_not_keep_its_lock(holder):
     run, process = holder
     process.kill()
