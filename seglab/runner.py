@@ -7,9 +7,8 @@ The kernels import seglab from this checkout (it goes first on their ``PYTHONPAT
 notebooks run with the code beside them, whatever else is installed.
 
 The notebooks start in their numbered order, and without a GPU two run at once where neither
-depends on the other's outputs (:data:`seglab.rundir.READS`, followed through): 00 beside 01, and
-04, 06 and 07 after 03, so the cores one notebook leaves idle (imports, plotting, export) do the
-next one's work. With a GPU one runs at a time, as each TensorFlow process takes the GPU's memory.
+depends on the other's outputs (:data:`seglab.rundir.READS`, followed through): 04, 06 and 07
+after 03, so the cores one notebook leaves idle (imports, plotting, export) do the next one's work. With a GPU one runs at a time, as each TensorFlow process takes the GPU's memory.
 """
 from __future__ import annotations
 
@@ -47,8 +46,10 @@ class Timings:
 
 
 def upstream(step: str) -> set[str]:
-    """The steps whose outputs ``step`` reads, directly or through another step."""
-    return set(READS[step]).union(*(upstream(dep) for dep in READS[step]))
+    """The steps that must have run before ``step``: those whose outputs it reads, directly or through another
+    step, and 00 for every later one (01 reads nothing of 00's but checks that it ran)."""
+    first = set() if step == "gpu_check" else {"gpu_check"}
+    return first.union(READS[step], *(upstream(dep) for dep in READS[step]))
 
 
 def independent(a: Path, b: Path) -> bool:

@@ -42,8 +42,7 @@ def test_independent_notebooks_run_side_by_side_and_dependent_ones_in_order(tmp_
     spans = _fake_notebooks(monkeypatch)
     timings = _series(tmp_path, jobs=2)
     assert list(timings.notebooks) == [nb.name for nb in runner.series()]
-    assert _overlap(spans, "00", "01")  # 01 reads nothing of 00's
-    for before, after in [("01", "02"), ("02", "03"), ("03", "04"), ("03", "06"), ("03", "07"), ("04", "05")]:
+    for before, after in [("00", "01"), ("01", "02"), ("02", "03"), ("03", "04"), ("03", "06"), ("03", "07"), ("04", "05")]:
         assert spans[after][0] >= spans[before][1], f"{after} started before {before} ended"
     assert _overlap(spans, "04", "06")  # both read only 01's and 03's outputs
     ends = sorted(end for _, end in spans.values())
@@ -69,7 +68,7 @@ def test_a_failure_lets_the_running_notebook_end_and_starts_no_other(tmp_path, m
 
 def test_independence_follows_what_each_step_reads_through_other_steps():
     independent = runner.independent
-    assert all(independent(NAMES["00"], nb) for number, nb in NAMES.items() if number != "00")
+    assert not any(independent(NAMES["00"], nb) for number, nb in NAMES.items() if number != "00")  # 01 checks 00 ran
     assert independent(NAMES["04"], NAMES["07"]) and independent(NAMES["06"], NAMES["07"])
     assert not independent(NAMES["05"], NAMES["04"])  # 05 draws 04's metrics
     assert not independent(NAMES["02"], NAMES["04"])  # 04 reads 03's models, trained with 02's weights
