@@ -73,8 +73,11 @@ def _base(spec: ModelSpec, shape: tuple, weights):
                                 encoder_weights=weights, **extra)
 
 
-def build_model(spec: ModelSpec, log=print):
+def build_model(spec: ModelSpec, seed: int | None = None, log=print):
     """Any architecture of ``config.ARCHITECTURES`` on any backbone, ending in a float32 softmax.
+
+    With a ``seed`` its random initial weights are the same on every run (``keras.utils.set_random_seed``
+    also seeds Python's and NumPy's generators), so a rerun of the series reproduces its results.
 
     If the ImageNet encoder weights cannot be downloaded, one line says so and the model starts
     from random initialisation. Channels other than 3 go through ``channel_adapter`` when
@@ -87,6 +90,8 @@ def build_model(spec: ModelSpec, log=print):
     PyTorch's default (its ``momentum=0.1``), which segmentation_models.pytorch trains with.
     """
     check_input_size(spec.arch, spec.input_size, spec.pspnet_downsample_factor)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     adapter = needs_adapter(spec.channels, spec.encoder_weights) if spec.adapter is None else spec.adapter
     shape = (spec.input_size, spec.input_size, 3 if adapter else spec.channels)
     try:

@@ -274,7 +274,7 @@ def train_model(arch: str, cfg, step: Step, class_weights, strategy=None, extra_
     strategy = strategy or devices.choose_strategy(cfg.train.strategy)
     setup = prepare(arch, cfg, step, dataset, strategy, extra_callbacks, log)
     with strategy.scope():
-        model = models.build_model(setup.spec, log=log)
+        model = models.build_model(setup.spec, seed=cfg.seed, log=log)
         # Keras' legacy Adam: the same algorithm, one fused update op per variable; traced in 3 s instead of 5 for
         # the demo U-Net, and a few percent faster per step on a CPU
         model.compile(optimizer=keras.optimizers.legacy.Adam(cfg.train.learning_rate),

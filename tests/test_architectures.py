@@ -37,6 +37,13 @@ def test_builds_trains_one_step_and_reloads_with_equal_predictions(arch, backbon
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), predicted, atol=1e-6)
 
 
+def test_a_seed_gives_the_same_initial_weights_on_every_build_and_another_seed_others():
+    spec = models.ModelSpec("unet", "resnet18", 3, 32)
+    first, again, other = (models.build_model(spec, seed=s).get_weights() for s in (7, 7, 8))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
 def test_unet_plus_plus_has_nested_dense_skip_pathways():
     """X^{i,j} joins every earlier node of its level with the upsampled node below: j + 1 inputs."""
     model = models.build_model(models.ModelSpec("unetplusplus", "resnet18", 3, 64))
