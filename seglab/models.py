@@ -77,7 +77,8 @@ def build_model(spec: ModelSpec, seed: int | None = None, log=print):
     """Any architecture of ``config.ARCHITECTURES`` on any backbone, ending in a float32 softmax.
 
     With a ``seed`` its random initial weights are the same on every run (``keras.utils.set_random_seed``
-    also seeds Python's and NumPy's generators), so a rerun of the series reproduces its results.
+    also seeds Python's and NumPy's generators). A rerun still differs a little: the augmentations are drawn
+    by a parallel ``map``, in whatever order its threads run.
 
     If the ImageNet encoder weights cannot be downloaded, one line says so and the model starts
     from random initialisation. Channels other than 3 go through ``channel_adapter`` when
