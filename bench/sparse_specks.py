@@ -7,6 +7,10 @@ probability ``--chance``; everything else is the demo's generator.
 
     python bench/sparse_specks.py OUT [--images 300] [--size 96] [--chance 0.2] [--seed 0]
 
+``--images 1000 --size 160`` makes a set that 10 minutes of training on a 2-core CPU does not
+learn to the end (9 epochs of U-Net on resnet34, as a larger real set would be), where the
+default 300 at 96 px are learned to the end in about 70.
+
 Writes a folder dataset (OUT/images, OUT/masks, OUT/classes.json) for ``data.source=folder``
 and prints the share of pixels and images of each class.
 """
