@@ -93,8 +93,11 @@ def _schedule(notebooks: list[Path], out_dir: Path, parameters: dict, jobs: int,
     """Start each notebook, in order, once every earlier one it is not :func:`independent` of has ended."""
     def execute(notebook: Path) -> float:
         start = time.perf_counter()
+        # the kernel starts in notebooks/ (nbclient's resources path); papermill's cwd= would chdir this whole
+        # process, and two notebooks at once would each restore the other's folder under the other's kernel start
         papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
-                                   cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
+                                   resources={"metadata": {"path": str(NOTEBOOK_DIR)}}, kernel_name="python3",
+                                   progress_bar=False)
         return round(time.perf_counter() - start, 1)
 
     pending, running, timings, failure = list(notebooks), {}, {}, None

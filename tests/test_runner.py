@@ -1,4 +1,5 @@
 """The headless runner: the notebooks in their order, two at a time where neither reads the other's outputs."""
+import os
 import threading
 import time
 from pathlib import Path
@@ -79,3 +80,26 @@ def test_with_a_gpu_one_notebook_at_a_time(monkeypatch):
     assert runner.default_jobs() == 1
     monkeypatch.setattr(runner, "nvidia_smi", lambda: [])
     assert runner.default_jobs() == 2
+
+
+def test_every_kernel_starts_in_the_notebooks_folder_when_two_run_at_once(tmp_path, monkeypatch):
+    """papermill's ``cwd=`` changes the working folder of the whole process: with two notebooks at once, one ending
+    put the folder back under the other's kernel start (04 failed: ``../configs/demo.yaml does not exist``). The
+    fake is papermill's semantics: a kernel starts in nbclient's resources path if given, else the process's
+    folder at that moment, which it samples throughout the notebook's run."""
+    seen, lock = {}, threading.Lock()
+
+    def execute(input_path, output_path, cwd=None, resources=None, **kwargs):
+        with papermill.utils.chdir(cwd):
+            samples = []
+            for _ in range(15):
+                samples.append((resources or {}).get("metadata", {}).get("path") or os.getcwd())
+                time.sleep(0.01)
+        with lock:
+            seen[Path(input_path).name[:2]] = set(samples)
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", execute)
+    before = os.getcwd()
+    _series(tmp_path, jobs=2)
+    assert os.getcwd() == before
+    assert {number: {str(runner.NOTEBOOK_DIR)} for number in NAMES} == seen
